@@ -1,0 +1,20 @@
+"""Data modules: the embedded digits, CIFAR-10/100, any ImageFolder tree, a CSV of paths and labels."""
+
+from classifier.data.base import ClassificationDataModule, Splits
+from classifier.data.cifar import CIFAR10DataModule, CIFAR100DataModule
+from classifier.data.folder import ImageFolderDataModule
+from classifier.data.memory import DigitsDataModule, TensorImageDataset
+from classifier.data.tabular import CSVDataModule
+from classifier.data.transforms import InputSpec
+
+__all__ = [
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "CSVDataModule",
+    "ClassificationDataModule",
+    "DigitsDataModule",
+    "ImageFolderDataModule",
+    "InputSpec",
+    "Splits",
+    "TensorImageDataset",
+]

@@ -1,0 +1,102 @@
+"""ImageFolder trees: root/train/<class>/*, root/val/<class>/* and optional root/test/<class>/*."""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from pathlib import Path
+
+from classifier.data.base import ClassificationDataModule, Splits
+from classifier.data.images import ImageFileDataset, drop_unreadable, has_image_files, is_hidden, iter_image_files
+from classifier.errors import UserError
+
+log = logging.getLogger(__name__)
+
+def existing_root(root: str | Path | None, key: str = "data.root") -> Path:
+    if root is None or str(root) in ("", "???"):
+        raise UserError(f"{key} is not set: point it at your data, e.g. {key}=/path/to/images")
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise UserError(f"{key}={root} does not exist (looked for {path.resolve()})")
+    return path
+
+
+def is_image_folder_tree(root: Path) -> bool:
+    """True when `root` holds a train/ folder of class folders (the ImageFolder layout)."""
+    return (root / "train").is_dir()
+
+
+def train_dir_of(root: Path) -> Path:
+    """root/train, or root itself when it holds class folders directly (then val comes from val_split)."""
+    if is_image_folder_tree(root):
+        return root / "train"
+    if root.is_dir() and any(has_image_files(d) for d in class_dirs(root)):
+        log.info("%s has no train/ folder: using its class folders as the training split", root)
+        return root
+    raise UserError(
+        f"data.root={root} has no train/ folder of class folders (expected {root}/train/<class>/<image>)"
+    )
+
+
+def class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not is_hidden(p.name))
+
+
+def find_class_names(train_dir: Path) -> list[str]:
+    """Sorted class folder names of `train_dir`.
+
+    Raises:
+        UserError: there are no class folders, or one of them holds no image.
+    """
+    dirs = class_dirs(train_dir)
+    if not dirs:
+        raise UserError(f"{train_dir} has no class folders (expected {train_dir}/<class>/<image>)")
+    empty = [str(d) for d in dirs if not has_image_files(d)]
+    if empty:
+        raise UserError(f"class folder(s) with no images: {', '.join(empty)}")
+    return [d.name for d in dirs]
+
+
+def read_split(split_dir: Path, class_names: list[str], on_bad_image: str) -> ImageFileDataset:
+    """The images of one split folder, labelled by their class folder.
+
+    Raises:
+        UserError: a class folder is not one of `class_names`, or no readable image is left.
+    """
+    index = {name: i for i, name in enumerate(class_names)}
+    dirs = class_dirs(split_dir)
+    unknown = [d.name for d in dirs if d.name not in index]
+    if unknown:
+        raise UserError(
+            f"{split_dir} has class folder(s) not in the training classes: {', '.join(unknown)}"
+        )
+    samples = [(path, index[d.name]) for d in dirs for path in iter_image_files(d)]
+    samples = drop_unreadable(samples, on_bad_image, split_dir)
+    if not samples:
+        raise UserError(f"{split_dir} has no readable images")
+    return ImageFileDataset(samples)
+
+
+def read_image_folder(root: Path, class_names: list[str], on_bad_image: str) -> Splits:
+    train_dir = train_dir_of(root)
+    splits = {"train": read_split(train_dir, class_names, on_bad_image)}
+    if train_dir != root:
+        for name in ("val", "test"):
+            if (root / name).is_dir():
+                splits[name] = read_split(root / name, class_names, on_bad_image)
+    return Splits(**splits)
+
+
+class ImageFolderDataModule(ClassificationDataModule):
+    """Any folder of images sorted into one sub-folder per class."""
+
+    def __init__(self, root: str, **kwargs):
+        super().__init__(**kwargs)
+        self.root = root
+
+    @cached_property
+    def class_names(self) -> list[str]:
+        return find_class_names(train_dir_of(existing_root(self.root)))
+
+    def load_splits(self) -> Splits:
+        return read_image_folder(existing_root(self.root), self.class_names, self.on_bad_image)

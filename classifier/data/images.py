@@ -1,0 +1,131 @@
+"""Reading image files: which files count as images, decoding any mode to RGB, finding broken files."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from classifier.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+BAD_IMAGE_POLICIES = ("skip", "error")
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def is_image_file(path: str | Path) -> bool:
+    name = os.path.basename(path)
+    return not is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def iter_image_files(folder: Path) -> Iterator[Path]:
+    """Image files under `folder`, recursively and sorted; hidden folders and non-image files are ignored."""
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        yield from (Path(dirpath, f) for f in sorted(filenames) if is_image_file(f))
+
+
+def has_image_files(folder: Path) -> bool:
+    return next(iter_image_files(folder), None) is not None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB: transparency over white, 16-bit and float rescaled rather than clipped."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return Image.fromarray(_rescale_to_uint8(np.asarray(img))).convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _rescale_to_uint8(values: np.ndarray) -> np.ndarray:
+    values = values.astype(np.float64)
+    if values.max() > 255:  # 16-bit data: keep its full range instead of clipping everything to white
+        values = values / (65535.0 if values.max() <= 65535 else values.max()) * 255.0
+    elif values.dtype.kind == "f" and values.max() <= 1.0:
+        values = values * 255.0
+    return np.clip(values, 0, 255).astype(np.uint8)
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode an image file as RGB, upright according to its EXIF orientation."""
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        img.load()
+        return to_rgb(img)
+
+
+def _decode_error(path: Path) -> str | None:
+    """Why `path` cannot be decoded, or None when it can. JPEGs decode at reduced scale: it is
+    several times faster and still reads every byte, so truncated files are caught."""
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (64, 64))
+            img.load()
+    except Exception as exc:  # PIL raises many types for corrupt data; all mean "unreadable"
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return None
+
+
+def find_unreadable(paths: Sequence[Path], workers: int | None = None) -> list[tuple[Path, str]]:
+    """(path, reason) for each file that cannot be decoded. Decoding releases the GIL, so threads scale."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        reasons = pool.map(_decode_error, paths, chunksize=256)
+        return [(path, reason) for path, reason in zip(paths, reasons) if reason is not None]
+
+
+def drop_unreadable(
+    samples: list[tuple[Path, int]], policy: str, where: str | Path
+) -> list[tuple[Path, int]]:
+    """Remove undecodable images from `samples`, warning about each one; with policy 'error', fail
+    listing all of them instead."""
+    if policy not in BAD_IMAGE_POLICIES:
+        raise UserError(f"data.on_bad_image={policy!r} is not one of {', '.join(BAD_IMAGE_POLICIES)}")
+    bad = find_unreadable([path for path, _ in samples])
+    if not bad:
+        return samples
+    if policy == "error":
+        listing = "; ".join(f"{path} ({reason})" for path, reason in bad)
+        raise UserError(
+            f"{len(bad)} unreadable image(s) in {where} (data.on_bad_image=error): {listing}"
+        )
+    for path, reason in bad:
+        log.warning("skipping unreadable image %s (%s)", path, reason)
+    bad_paths = {path for path, _ in bad}
+    return [(path, label) for path, label in samples if path not in bad_paths]
+
+
+class ImageFileDataset(torch.utils.data.Dataset):
+    """(RGB image, label) pairs read from files; `targets` lists the labels without reading any file."""
+
+    def __init__(self, samples: Iterable[tuple[str | Path, int]]):
+        self.samples = [(str(path), int(label)) for path, label in samples]
+        self.targets = [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        path, label = self.samples[index]
+        try:
+            return load_rgb(path), label
+        except Exception as exc:
+            raise UserError(f"cannot read image {path}: {exc}") from exc

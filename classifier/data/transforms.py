@@ -1,0 +1,93 @@
+"""Train and eval transforms, built from the input spec a model expects."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torchvision.transforms import InterpolationMode, v2
+
+from classifier.errors import UserError
+
+TRAIN_CROPS = ("pad", "resized")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the network is fed: square side in pixels, normalisation, eval crop and resize filter."""
+
+    img_size: int
+    mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
+    std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
+    crop_pct: float = 0.875  # eval: resize the short side to img_size / crop_pct, then center-crop
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if int(self.img_size) < 8:
+            raise UserError(f"data.img_size={self.img_size} is too small: use 8 pixels or more")
+        if not 0 < self.crop_pct <= 1:
+            raise UserError(f"data.crop_pct={self.crop_pct} must be in (0, 1]")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise UserError("data.mean and data.std need 3 values each (R, G, B)")
+        object.__setattr__(self, "img_size", int(self.img_size))
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+
+def _interpolation(name: str) -> InterpolationMode:
+    try:
+        return InterpolationMode(name)
+    except ValueError:
+        valid = ", ".join(mode.value for mode in InterpolationMode)
+        raise UserError(f"data.interpolation={name!r} is not one of {valid}") from None
+
+
+def _to_normalized_float(spec: InputSpec) -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)]
+
+
+def create_train_transform(
+    spec: InputSpec,
+    crop: str = "resized",
+    crop_scale: Sequence[float] = (0.08, 1.0),
+    hflip: bool = True,
+) -> v2.Compose:
+    """Random crop (pad-and-crop for small native images, random-resized crop for photos) and flip.
+
+    Raises:
+        UserError: `crop` is not one of TRAIN_CROPS.
+    """
+    size, interpolation = spec.img_size, _interpolation(spec.interpolation)
+    if crop == "pad":
+        # Resize is a no-op when images already have the side length (CIFAR at 32 px).
+        steps = [
+            v2.Resize(size, interpolation=interpolation, antialias=True),
+            v2.RandomCrop(size, padding=max(1, size // 8), padding_mode="reflect"),
+        ]
+    elif crop == "resized":
+        steps = [
+            v2.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=interpolation, antialias=True)
+        ]
+    else:
+        raise UserError(f"data.train_crop={crop!r} is not one of {', '.join(TRAIN_CROPS)}")
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose([v2.ToImage(), *steps, *_to_normalized_float(spec)])
+
+
+def create_eval_transform(spec: InputSpec) -> v2.Compose:
+    """Resize the short side to img_size / crop_pct, center-crop img_size."""
+    resize_to = round(spec.img_size / spec.crop_pct)
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(resize_to, interpolation=_interpolation(spec.interpolation), antialias=True),
+            v2.CenterCrop(spec.img_size),
+            *_to_normalized_float(spec),
+        ]
+    )

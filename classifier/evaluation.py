@@ -1,0 +1,51 @@
+"""Evaluating a model on its val and test splits and writing the run's report files."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from classifier.data import ClassificationDataModule
+from classifier.metrics import summary_of
+from classifier.module import ClassifierModule
+from classifier.reports import write_reports
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_and_report(
+    trainer: L.Trainer,
+    module: ClassifierModule,
+    datamodule: ClassificationDataModule,
+    output_dir: Path,
+    ckpt_path: str | None = None,
+    source: str | None = None,
+) -> dict[str, float]:
+    """Validate (and test, when the data has a test split) the weights in `ckpt_path`, or the
+    module's own when None; write metrics.json, confusion_matrix.png and report.txt for the test
+    split (else val) into `output_dir`. `source` names the weights in report.txt when they were
+    loaded beforehand. Returns the metrics written to metrics.json."""
+    logged = trainer.validate(
+        module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True, verbose=False
+    )
+    metrics, split = summary_of(logged[0], "val"), "val"
+    if datamodule.has_test:
+        logged = trainer.test(
+            module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True, verbose=False
+        )
+        metrics.update(summary_of(logged[0], "test"))
+        split = "test"
+    if trainer.is_global_zero:
+        confusion = module.confusion[split].numpy()
+        figure = write_reports(output_dir, metrics, confusion, module.class_names, split, ckpt_path or source)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure(
+                    f"{split}/confusion_matrix", figure, global_step=trainer.global_step
+                )
+        log.info("%s", "  ".join(f"{key}={value:.4f}" for key, value in sorted(metrics.items())))
+        log.info("reports written to %s", output_dir)
+    return metrics

@@ -1,0 +1,41 @@
+"""Epoch-level classification metrics (torchmetrics accumulates over the whole split, across devices)."""
+
+from __future__ import annotations
+
+import re
+
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassCalibrationError,
+    MulticlassConfusionMatrix,
+)
+
+# The metrics every run reports in metrics.json, as <split>/<name>.
+SUMMARY_METRICS = ("top1", "top5", "ece", "loss")
+ECE_BINS = 15
+
+
+def create_eval_metrics(num_classes: int) -> MetricCollection:
+    """top1, top5 (only with 5 or more classes), 15-bin ECE, per-class accuracy and the confusion
+    matrix. Update with class probabilities (ECE needs them; the rest are indifferent)."""
+    metrics = {
+        "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+        "ece": MulticlassCalibrationError(num_classes, n_bins=ECE_BINS, norm="l1"),
+        "class_acc": MulticlassAccuracy(num_classes, average=None),
+        "confusion": MulticlassConfusionMatrix(num_classes),
+    }
+    if num_classes >= 5:
+        metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+    return MetricCollection(metrics, compute_groups=False)
+
+
+def metric_key_part(class_name: str) -> str:
+    """A class name usable inside a metric key (TensorBoard tags split on '/')."""
+    return re.sub(r"[\s/]+", "_", class_name.strip()) or "_"
+
+
+def summary_of(logged: dict[str, float], split: str) -> dict[str, float]:
+    """The SUMMARY_METRICS of `split` among logged metrics, as plain floats."""
+    keys = [f"{split}/{name}" for name in SUMMARY_METRICS]
+    return {key: float(logged[key]) for key in keys if key in logged}

@@ -1,0 +1,124 @@
+"""Building a backbone by name: the scratch CNN or any timm architecture, with hub or local weights."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import socket
+from urllib.parse import urlparse
+
+import timm
+from huggingface_hub import constants as hf_constants
+from timm.models import get_pretrained_cfg
+from torch import nn
+
+from classifier.errors import UserError
+from classifier.models.scratch_cnn import ScratchCNN
+from classifier.models.weights import load_local_weights
+
+log = logging.getLogger(__name__)
+
+SCRATCH_MODELS = {"scratch_cnn": ScratchCNN}
+
+
+def check_model_name(name: str) -> None:
+    """Raises UserError naming close matches when `name` is neither ours nor a timm architecture."""
+    if name in SCRATCH_MODELS or timm.is_model(name):
+        return
+    candidates = list(SCRATCH_MODELS) + timm.list_models()
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; timm.list_models('*pattern*') lists them"
+    raise UserError(f"model.name={name!r} is neither scratch_cnn nor a timm model{hint}")
+
+
+def pretrained_input(name: str) -> dict | None:
+    """Input size, normalisation and resize filter that `name`'s pretrained weights were trained with."""
+    if name in SCRATCH_MODELS:
+        return None
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        return None
+    return {
+        "img_size": cfg.input_size[-1],
+        "mean": list(cfg.mean),
+        "std": list(cfg.std),
+        "interpolation": cfg.interpolation or "bilinear",
+    }
+
+
+def _takes_img_size(name: str) -> bool:
+    # Only fixed-input-size models (ViT and kin) take img_size; CNNs reject the argument.
+    cfg = get_pretrained_cfg(name)
+    return bool(cfg and cfg.fixed_input_size)
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    img_size: int | None = None,
+    pretrained: bool = False,
+    weights: str | None = None,
+    **kwargs,
+) -> nn.Module:
+    """A backbone with a `num_classes` head.
+
+    Args:
+        name: 'scratch_cnn' or any timm architecture (optionally with a '.tag').
+        num_classes: size of the classification head.
+        img_size: input side; passed to models with a fixed input size (ViTs) so 32 px data works.
+        pretrained: load the timm hub weights (needs network).
+        weights: path to a local state_dict or checkpoint of the same architecture; a head of
+            another size is replaced.
+        **kwargs: passed to the model constructor (drop_rate, drop_path_rate, width, ...); None
+            values are dropped.
+
+    Raises:
+        UserError: unknown name, both weights sources given, hub unreachable, or weights that do
+            not fit the architecture.
+    """
+    check_model_name(name)
+    if pretrained and weights:
+        raise UserError("set model.pretrained=true or model.weights=PATH, not both")
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    if name in SCRATCH_MODELS:
+        if pretrained:
+            raise UserError(
+                f"model.pretrained=true: {name} has no pretrained weights; use model.weights=PATH"
+            )
+        model = SCRATCH_MODELS[name](num_classes=num_classes, **kwargs)
+    else:
+        if img_size and _takes_img_size(name):
+            kwargs["img_size"] = img_size
+        model = _create_timm_model(name, num_classes, pretrained, kwargs)
+    if weights:
+        load_local_weights(model, weights)
+    return model
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers on its HTTPS port within `timeout` seconds."""
+    host = urlparse(hf_constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _create_timm_model(name: str, num_classes: int, pretrained: bool, kwargs: dict) -> nn.Module:
+    if pretrained and not hf_constants.HF_HUB_OFFLINE and not hub_reachable():
+        # Without this the hub client retries for ~45 s before it even looks in its cache.
+        log.info("the Hugging Face hub is unreachable: looking for %s weights in the local cache only", name)
+        hf_constants.HF_HUB_OFFLINE = True
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except TypeError as exc:
+        raise UserError(f"model {name}: {exc}") from exc
+    except Exception as exc:
+        if not pretrained:
+            raise
+        # The hub client raises connection, HTTP and file errors of many types.
+        raise UserError(
+            f"model.pretrained=true could not fetch {name} weights from the Hugging Face hub"
+            f" ({type(exc).__name__}); offline? use model.weights=PATH with a local file"
+        ) from exc

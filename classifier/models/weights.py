@@ -1,0 +1,112 @@
+"""Loading a local state_dict into a backbone, replacing a classification head of another size."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from timm.models import load_state_dict
+from torch import nn
+
+from classifier.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Our own Lightning checkpoints keep the backbone under this attribute of ClassifierModule.
+MODULE_PREFIX = "net."
+
+
+def head_keys(model: nn.Module) -> set[str]:
+    """state_dict keys of the classification head (timm's `get_classifier()`)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if head is None:
+        return set()
+    for prefix, module in model.named_modules():
+        if module is head:
+            return {f"{prefix}.{key}" if prefix else key for key in head.state_dict()}
+    return set()
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a state_dict file: a plain state_dict, a timm checkpoint (EMA weights when present),
+    a safetensors file, or a checkpoint of this framework. Loaded with weights_only=True."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"model.weights={path} does not exist (looked for {path.resolve()})")
+    try:
+        state = load_state_dict(str(path), use_ema=True, weights_only=True)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"model.weights={path} is not a readable state_dict: {reason}") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"model.weights={path} does not hold a state_dict of tensors")
+    if any(key.startswith(MODULE_PREFIX) for key in state):
+        state = {
+            key[len(MODULE_PREFIX) :]: value for key, value in state.items() if key.startswith(MODULE_PREFIX)
+        }
+    return state
+
+
+def _adapt_to_model(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    # timm ships a per-architecture filter that converts original formats and resamples position
+    # embeddings to the model's img_size (a ViT trained at 224 loaded at 32 px).
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is None:
+        return state
+    try:
+        return filter_fn(state, model)
+    except Exception:  # the filter expects a format this file is not in: use the keys as they are
+        return state
+
+
+def _sample(keys: list[str]) -> str:
+    return ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "")
+
+
+def load_local_weights(model: nn.Module, path: str | Path) -> None:
+    """Load `path` into `model`. A head whose size differs (or that is absent) is left newly
+    initialised, with a log line; any other difference is an error.
+
+    Raises:
+        UserError: the file is missing or unreadable, or its tensors do not fit the architecture.
+    """
+    state = _adapt_to_model(read_state_dict(path), model)
+    expected = model.state_dict()
+    head = head_keys(model)
+    mismatched = [k for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    replaced_head = [k for k in mismatched if k in head]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched if k not in head
+    ]
+    missing = [
+        k for k in expected if k not in state and k not in head and not k.endswith("num_batches_tracked")
+    ]
+    unexpected = [k for k in state if k not in expected and not k.endswith("num_batches_tracked")]
+    if wrong or missing or unexpected:
+        problems = [
+            f"{label}: {_sample(keys)}"
+            for label, keys in (("shape mismatch", wrong), ("missing", missing), ("unexpected", unexpected))
+            if keys
+        ]
+        raise UserError(
+            f"model.weights={path} does not fit {type(model).__name__}"
+            f" ({'; '.join(problems)}): is it a state_dict of the same architecture?"
+        )
+    old_outputs = {tuple(state[key].shape)[0] for key in replaced_head}
+    for key in replaced_head:
+        del state[key]
+    model.load_state_dict(state, strict=False)
+    if replaced_head:
+        log.info(
+            "model.weights: the head in %s has %s outputs; replaced by a new %d-class head (%s)",
+            path,
+            "/".join(str(n) for n in sorted(old_outputs)),
+            getattr(model, "num_classes", -1),
+            ", ".join(sorted(replaced_head)),
+        )
+    elif head and not head & state.keys():
+        log.info("model.weights: %s has no classification head; the head is newly initialised", path)
+    else:
+        log.info("model.weights: loaded %s", path)

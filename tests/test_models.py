@@ -1,0 +1,92 @@
+"""Backbones: building by name, local weights with a replaced head, and mistakes."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+import timm
+import torch
+
+from classifier.errors import UserError
+from classifier.models import ScratchCNN, create_model, head_keys
+
+
+def test_scratch_cnn_handles_any_input_size():
+    model = ScratchCNN(num_classes=7).eval()
+    for side in (32, 64, 224):
+        assert model(torch.randn(2, 3, side, side)).shape == (2, 7)
+    assert head_keys(model) == {"head.weight", "head.bias"}
+
+
+def test_local_timm_weights_load_and_a_head_of_another_size_is_replaced(tmp_path, caplog):
+    source = timm.create_model("resnet18", num_classes=1000)
+    torch.save(source.state_dict(), tmp_path / "resnet18.pth")
+    with caplog.at_level(logging.INFO, logger="classifier"):
+        model = create_model("resnet18", num_classes=3, weights=str(tmp_path / "resnet18.pth"))
+    assert torch.equal(model.conv1.weight, source.conv1.weight)
+    assert torch.equal(model.layer4[1].bn2.running_mean, source.layer4[1].bn2.running_mean)
+    assert model.fc.weight.shape == (3, 512)
+    assert any("has 1000 outputs; replaced by a new 3-class head" in r.getMessage() for r in caplog.records)
+
+
+def test_timm_checkpoint_dict_with_ema_and_ddp_prefixes(tmp_path):
+    source = timm.create_model("resnet18", num_classes=5)
+    state = {f"module.{k}": v for k, v in source.state_dict().items()}
+    torch.save(
+        {"state_dict": {k: torch.zeros_like(v) for k, v in state.items()}, "state_dict_ema": state},
+        tmp_path / "c.pth",
+    )
+    model = create_model("resnet18", num_classes=5, weights=str(tmp_path / "c.pth"))
+    assert torch.equal(model.fc.weight, source.fc.weight)  # same head size: kept, EMA weights chosen
+
+
+def test_vit_weights_from_224_load_at_32_px(tmp_path):
+    source = timm.create_model("vit_small_patch16_224", num_classes=10)
+    torch.save(source.state_dict(), tmp_path / "vit.pth")
+    model = create_model(
+        "vit_small_patch16_224", num_classes=4, img_size=32, weights=str(tmp_path / "vit.pth")
+    )
+    assert model.pos_embed.shape[1] == 1 + 4  # class token + 2x2 patches, resampled from 14x14
+    assert torch.equal(model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 4)
+
+
+def test_weights_of_another_architecture_are_refused_in_one_line(tmp_path):
+    torch.save(timm.create_model("resnet18").state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(UserError) as info:
+        create_model("resnet50", num_classes=3, weights=str(tmp_path / "r18.pth"))
+    message = str(info.value)
+    assert "\n" not in message
+    assert "does not fit ResNet" in message and "shape mismatch" in message
+
+
+def test_unreadable_or_missing_weights_name_the_file(tmp_path):
+    (tmp_path / "junk.pth").write_text("not a checkpoint")
+    with pytest.raises(UserError, match="model.weights=.*junk.pth is not a readable state_dict"):
+        create_model("scratch_cnn", num_classes=3, weights=str(tmp_path / "junk.pth"))
+    with pytest.raises(UserError, match="model.weights=.*absent.pth does not exist"):
+        create_model("scratch_cnn", num_classes=3, weights=str(tmp_path / "absent.pth"))
+
+
+def test_unknown_timm_name_suggests_close_ones():
+    with pytest.raises(
+        UserError,
+        match=r"model.name='resnet_18' is neither scratch_cnn nor a timm model; did you mean .*resnet18",
+    ):
+        create_model("resnet_18", num_classes=3)
+
+
+def test_pretrained_offline_fails_fast_in_one_line(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr("classifier.models.factory.hub_reachable", lambda: False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    started = time.monotonic()
+    with pytest.raises(
+        UserError, match="model.pretrained=true could not fetch resnet18 weights .*model.weights=PATH"
+    ):
+        create_model("resnet18", num_classes=3, pretrained=True)
+    assert time.monotonic() - started < 10  # no minute of retries

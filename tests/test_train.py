@@ -1,0 +1,106 @@
+"""The default run, and train.py on every kind of data, asserting on the files a run directory holds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import write_cifar_batches, write_image_folder
+from PIL import Image
+
+from classifier.training import train
+
+SUMMARY_KEYS = {"val/top1", "val/top5", "val/ece", "val/loss"}
+
+
+def assert_run_files(run_dir, class_names):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert all(isinstance(value, float) for value in metrics.values())
+    for name in ("best.ckpt", "last.ckpt"):
+        checkpoint = torch.load(run_dir / "checkpoints" / name, weights_only=True)
+        assert checkpoint["classifier"]["class_names"] == class_names
+    report = (run_dir / "report.txt").read_text()
+    for name in class_names:
+        assert name in report
+    with Image.open(run_dir / "confusion_matrix.png") as png:
+        assert png.format == "PNG" and png.width >= 400
+    return metrics, report
+
+
+def test_default_run_reaches_95_percent_and_writes_the_run_files(digits_run):
+    run_dir, metrics = digits_run
+    saved, report = assert_run_files(run_dir, [str(d) for d in range(10)])
+    assert saved == metrics
+    assert set(metrics) == SUMMARY_KEYS | {key.replace("val/", "test/") for key in SUMMARY_KEYS}
+    assert metrics["val/top1"] >= 0.95
+    assert metrics["test/top1"] >= 0.95
+    assert 0 <= metrics["val/ece"] < 0.2
+    assert metrics["val/top5"] >= metrics["val/top1"]
+    assert "split: test (360 images)" in report
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    # best.ckpt holds the best val/top1 seen, the one metrics.json reports
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    score = next(iter(best["callbacks"].values()))["best_model_score"]
+    assert float(score) == pytest.approx(metrics["val/top1"], abs=1e-6)
+
+
+def test_imagefolder_run_with_val_and_test_folders(compose_train, tmp_path):
+    root = write_image_folder(tmp_path / "pets", {"train": 12, "val": 4, "test": 4})
+    cfg = compose_train(
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.img_size=32",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "trainer.max_epochs=4",
+        "logger=csv",
+    )
+    metrics = train(cfg)
+    run_dir = tmp_path / "run"
+    assert_run_files(run_dir, ["cat", "dog", "fox"])
+    assert set(metrics) == {
+        "val/top1",
+        "val/ece",
+        "val/loss",
+        "test/top1",
+        "test/ece",
+        "test/loss",
+    }  # no top5
+    assert metrics["val/top1"] == 1.0 and metrics["test/top1"] == 1.0  # colours are trivially separable
+    assert (run_dir / "csv" / "metrics.csv").is_file()
+
+
+def test_csv_run_with_split_column(compose_train, tmp_path):
+    root = write_image_folder(tmp_path / "imgs", {"a": 10, "b": 3}, classes=("red", "green"))
+    rows = ["path,label,split"]
+    for split_dir, split in (("a", "train"), ("b", "val")):
+        for path in sorted((root / split_dir).rglob("*.*")):
+            rows.append(f"{path.relative_to(root)},{path.parent.name},{split}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    cfg = compose_train(
+        "data=csv",
+        f"data.csv={root / 'labels.csv'}",
+        "data.img_size=32",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "trainer.max_epochs=3",
+        "logger=none",
+    )
+    metrics = train(cfg)
+    assert set(metrics) == {"val/top1", "val/ece", "val/loss"}  # no test rows, no test metrics
+    assert metrics["val/top1"] == 1.0
+    report = (tmp_path / "run" / "report.txt").read_text()
+    assert "split: val (6 images)" in report and "green" in report
+
+
+def test_cifar10_run_on_torchvision_format_files(compose_train, tmp_path):
+    classes = write_cifar_batches(tmp_path / "data", "cifar10")
+    cfg = compose_train(
+        "data=cifar10", f"data.root={tmp_path / 'data'}", "data.batch_size=16", "trainer=debug"
+    )
+    metrics = train(cfg)
+    assert_run_files(tmp_path / "run", classes)
+    assert {"val/top5", "test/top1"} <= set(metrics)
+    report = (tmp_path / "run" / "report.txt").read_text()
+    assert "split: test (20 images)" in report  # limit_test_batches=3 of 16 covers all 20

@@ -1,0 +1,16 @@
+"""Train an image classifier: python train.py [group=option] [key=value] (see README.md)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from classifier.cli import run_task
+from classifier.training import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return run_task(train, cfg)
+
+
+if __name__ == "__main__":
+    main()
