@@ -69,14 +69,14 @@ def build_module(cfg: DictConfig, datamodule: ClassificationDataModule) -> Class
 
 
 def build_trainer(
-    cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None, logging: bool = True
+    cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None, with_loggers: bool = True
 ) -> L.Trainer:
-    """The configured Trainer with the config's callbacks and loggers (none when `logging` is False),
+    """The configured Trainer with the config's callbacks and loggers (none without `with_loggers`),
     writing checkpoints atomically."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     loggers = (
         [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
-        if logging
+        if with_loggers
         else []
     )
     if not loggers:  # LearningRateMonitor refuses to run without a logger to write to

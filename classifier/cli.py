@@ -15,13 +15,26 @@ from classifier.errors import describe_user_error
 
 log = logging.getLogger("classifier")
 
-# Lightning suggests more workers for in-memory data, where workers would only slow it down.
-_QUIET_WARNINGS = (r".*does not have many workers.*", r".*is smaller than the logging interval.*")
+_QUIET_WARNINGS = (
+    r".*does not have many workers.*",  # in-memory data: workers would only slow it down
+    r".*is smaller than the logging interval.*",  # small data sets: epoch-level logs are what we use
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # inside Lightning, nothing to act on
+)
+
+
+def _send_lightning_logs_to_hydra() -> None:
+    # Lightning gives its loggers their own console handler when imported before logging is set
+    # up (as here, before Hydra's); let them propagate instead, so its lines reach <run>/train.log.
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
 
 
 def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> float | None:
     """Run `task`; a user mistake ends the process with one log line and exit status 1 instead of a
     traceback. Returns the `optimized_metric` for Hydra sweepers."""
+    _send_lightning_logs_to_hydra()
     with warnings.catch_warnings():
         for pattern in _QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)

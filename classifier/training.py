@@ -54,5 +54,5 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     data_overrides = OmegaConf.to_container(cfg.get("data") or {}, resolve=True)
     module, datamodule = load_run(cfg.ckpt_path, data_overrides)
-    trainer = build_trainer(cfg, logging=False)
+    trainer = build_trainer(cfg, with_loggers=False)
     return evaluate_and_report(trainer, module, datamodule, Path(cfg.paths.output_dir), source=cfg.ckpt_path)

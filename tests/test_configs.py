@@ -69,7 +69,7 @@ def test_trainer_configs_compose(trainer, compose_train, tmp_path):
         assert cfg.trainer.accelerator == "gpu"
         return
     cfg = compose_train(f"trainer={trainer}", "trainer.accelerator=cpu")
-    built = build_trainer(cfg, logging=False)
+    built = build_trainer(cfg, with_loggers=False)
     assert built.max_epochs == cfg.trainer.max_epochs
     if trainer == "ddp_cpu":
         assert built.num_devices == 2

@@ -90,3 +90,14 @@ def test_pretrained_offline_fails_fast_in_one_line(monkeypatch, tmp_path):
     ):
         create_model("resnet18", num_classes=3, pretrained=True)
     assert time.monotonic() - started < 10  # no minute of retries
+
+
+def test_a_new_head_on_pretrained_features_starts_at_zero(tmp_path):
+    source = timm.create_model("efficientnet_b0", num_classes=1000)
+    torch.save(source.state_dict(), tmp_path / "b0.pth")
+    # timm's own init of a 2-class EfficientNet head is U(-0.7, 0.7): logits in the tens
+    replaced = create_model("efficientnet_b0", num_classes=2, weights=str(tmp_path / "b0.pth"))
+    assert not replaced.classifier.weight.any() and not replaced.classifier.bias.any()
+    kept = create_model("efficientnet_b0", num_classes=1000, weights=str(tmp_path / "b0.pth"))
+    assert torch.equal(kept.classifier.weight, source.classifier.weight)
+    assert create_model("efficientnet_b0", num_classes=2).classifier.weight.abs().max() > 0.1  # from scratch

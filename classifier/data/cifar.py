@@ -65,7 +65,9 @@ class _CIFARDataModule(ClassificationDataModule):
         if not self.download:
             raise UserError(f"{where} and data.download=false: put {dataset.filename} extracted there")
         try:
-            download_and_extract_archive(dataset.url, str(self.root), filename=dataset.filename, md5=dataset.tgz_md5)
+            download_and_extract_archive(
+                dataset.url, str(self.root), filename=dataset.filename, md5=dataset.tgz_md5
+            )
         except Exception as exc:  # URLError, timeouts, bad archives: all end the same way for the user
             raise UserError(
                 f"{where} and the download failed ({type(exc).__name__}); offline? fetch {dataset.url} and"
@@ -93,7 +95,9 @@ class _CIFARDataModule(ClassificationDataModule):
         if is_image_folder_tree(self.root):
             return read_image_folder(self.root, self.class_names, self.on_bad_image)
         dataset = self.torchvision_dataset
-        return Splits(train=self._read_batches(dataset.train_list), test=self._read_batches(dataset.test_list))
+        return Splits(
+            train=self._read_batches(dataset.train_list), test=self._read_batches(dataset.test_list)
+        )
 
 
 class CIFAR10DataModule(_CIFARDataModule):

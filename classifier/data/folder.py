@@ -7,10 +7,17 @@ from functools import cached_property
 from pathlib import Path
 
 from classifier.data.base import ClassificationDataModule, Splits
-from classifier.data.images import ImageFileDataset, drop_unreadable, has_image_files, is_hidden, iter_image_files
+from classifier.data.images import (
+    ImageFileDataset,
+    drop_unreadable,
+    has_image_files,
+    is_hidden,
+    iter_image_files,
+)
 from classifier.errors import UserError
 
 log = logging.getLogger(__name__)
+
 
 def existing_root(root: str | Path | None, key: str = "data.root") -> Path:
     if root is None or str(root) in ("", "???"):
@@ -67,9 +74,7 @@ def read_split(split_dir: Path, class_names: list[str], on_bad_image: str) -> Im
     dirs = class_dirs(split_dir)
     unknown = [d.name for d in dirs if d.name not in index]
     if unknown:
-        raise UserError(
-            f"{split_dir} has class folder(s) not in the training classes: {', '.join(unknown)}"
-        )
+        raise UserError(f"{split_dir} has class folder(s) not in the training classes: {', '.join(unknown)}")
     samples = [(path, index[d.name]) for d in dirs for path in iter_image_files(d)]
     samples = drop_unreadable(samples, on_bad_image, split_dir)
     if not samples:

@@ -89,7 +89,7 @@ def find_unreadable(paths: Sequence[Path], workers: int | None = None) -> list[t
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         reasons = pool.map(_decode_error, paths, chunksize=256)
-        return [(path, reason) for path, reason in zip(paths, reasons) if reason is not None]
+        return [(path, reason) for path, reason in zip(paths, reasons, strict=True) if reason is not None]
 
 
 def drop_unreadable(
@@ -104,9 +104,7 @@ def drop_unreadable(
         return samples
     if policy == "error":
         listing = "; ".join(f"{path} ({reason})" for path, reason in bad)
-        raise UserError(
-            f"{len(bad)} unreadable image(s) in {where} (data.on_bad_image=error): {listing}"
-        )
+        raise UserError(f"{len(bad)} unreadable image(s) in {where} (data.on_bad_image=error): {listing}")
     for path, reason in bad:
         log.warning("skipping unreadable image %s (%s)", path, reason)
     bad_paths = {path for path, _ in bad}

@@ -55,7 +55,10 @@ class CSVDataModule(ClassificationDataModule):
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             columns = reader.fieldnames or []
-            for key, column in (("data.path_column", self.path_column), ("data.label_column", self.label_column)):
+            for key, column in (
+                ("data.path_column", self.path_column),
+                ("data.label_column", self.label_column),
+            ):
                 if column not in columns:
                     raise UserError(
                         f"data.csv={self.csv_path} has no '{column}' column (columns: {', '.join(columns)});"
@@ -79,7 +82,9 @@ class CSVDataModule(ClassificationDataModule):
 
     @cached_property
     def class_names(self) -> list[str]:
-        return _sort_labels({row[self.label_column].strip() for row in self.rows if self._split_of(row) == "train"})
+        return _sort_labels(
+            {row[self.label_column].strip() for row in self.rows if self._split_of(row) == "train"}
+        )
 
     def _image_root(self) -> Path:
         return Path(self.root).expanduser() if self.root else Path(self.csv_path).expanduser().parent
@@ -92,7 +97,9 @@ class CSVDataModule(ClassificationDataModule):
             label = row[self.label_column].strip()
             split = self._split_of(row)
             if label not in index:
-                raise UserError(f"data.csv={self.csv_path}: label '{label}' in {split} rows never appears in train")
+                raise UserError(
+                    f"data.csv={self.csv_path}: label '{label}' in {split} rows never appears in train"
+                )
             samples[split].append((base / row[self.path_column].strip(), index[label]))
         datasets = {}
         for split, items in samples.items():

@@ -14,7 +14,7 @@ from torch import nn
 
 from classifier.errors import UserError
 from classifier.models.scratch_cnn import ScratchCNN
-from classifier.models.weights import load_local_weights
+from classifier.models.weights import load_local_weights, zero_init_head
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def create_model(
         img_size: input side; passed to models with a fixed input size (ViTs) so 32 px data works.
         pretrained: load the timm hub weights (needs network).
         weights: path to a local state_dict or checkpoint of the same architecture; a head of
-            another size is replaced.
+            another size is replaced. A new head on pretrained features starts at zero.
         **kwargs: passed to the model constructor (drop_rate, drop_path_rate, width, ...); None
             values are dropped.
 
@@ -90,8 +90,12 @@ def create_model(
         if img_size and _takes_img_size(name):
             kwargs["img_size"] = img_size
         model = _create_timm_model(name, num_classes, pretrained, kwargs)
-    if weights:
-        load_local_weights(model, weights)
+    new_head = bool(weights) and load_local_weights(model, weights)
+    if pretrained:
+        cfg = get_pretrained_cfg(name)
+        new_head = cfg is None or cfg.num_classes != num_classes
+    if new_head:
+        zero_init_head(model)
     return model
 
 

@@ -65,9 +65,22 @@ def _sample(keys: list[str]) -> str:
     return ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "")
 
 
-def load_local_weights(model: nn.Module, path: str | Path) -> None:
+def zero_init_head(model: nn.Module) -> None:
+    """Zero the classification head that sits on pretrained features. Architecture inits are made
+    for training from scratch (timm's EfficientNet head is U(-1/sqrt(num_classes), ..), so a
+    2-class head starts with logits in the tens and wrecks the first fine-tuning steps); a zero
+    head starts at uniform predictions, as BiT and DeiT fine-tuning do."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if head is not None:
+        with torch.no_grad():
+            for param in head.parameters():
+                param.zero_()
+
+
+def load_local_weights(model: nn.Module, path: str | Path) -> bool:
     """Load `path` into `model`. A head whose size differs (or that is absent) is left newly
-    initialised, with a log line; any other difference is an error.
+    initialised, with a log line; any other difference is an error. Returns whether the head
+    was left new (and needs `zero_init_head`).
 
     Raises:
         UserError: the file is missing or unreadable, or its tensors do not fit the architecture.
@@ -110,3 +123,5 @@ def load_local_weights(model: nn.Module, path: str | Path) -> None:
         log.info("model.weights: %s has no classification head; the head is newly initialised", path)
     else:
         log.info("model.weights: loaded %s", path)
+        return False
+    return True
