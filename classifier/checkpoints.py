@@ -4,44 +4,18 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from classifier.atomic import write_atomically
 from classifier.errors import UserError
 
 log = logging.getLogger(__name__)
 
 LAST = Path("checkpoints") / "last.ckpt"
-
-
-def write_atomically(data: bytes, path: str | Path) -> None:
-    """Write `data` to `path` so that a crash or kill -9 leaves either the old file or the new one.
-
-    The bytes go to a temporary file in the same folder, are fsynced, and replace `path` with
-    os.replace, which is atomic within one file system.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

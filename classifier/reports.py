@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import classification_report
 
-from classifier.checkpoints import write_atomically
+from classifier.atomic import write_atomically
 
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.png"

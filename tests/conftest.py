@@ -47,6 +47,12 @@ def compose_train(tmp_path: Path) -> Callable[..., DictConfig]:
 
 
 @pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """The readable-image cache goes to the test's own folder, not ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+@pytest.fixture(autouse=True)
 def restore_global_state():
     """Lightning's seed_everything sets environment variables; Hydra keeps a global instance."""
     environ = dict(os.environ)

@@ -11,7 +11,7 @@ import torch
 from conftest import write_image_folder
 from PIL import Image
 
-from classifier.data import CIFAR10DataModule, CSVDataModule, DigitsDataModule, ImageFolderDataModule
+from classifier.data import CIFAR10DataModule, CSVDataModule, DigitsDataModule, ImageFolderDataModule, verify
 from classifier.data.base import default_num_workers
 from classifier.data.images import load_rgb, to_rgb
 from classifier.errors import UserError
@@ -94,6 +94,22 @@ def test_broken_images_are_skipped_with_a_warning_naming_each(tmp_path, caplog):
     for name in broken:
         assert sum(name in message for message in warnings) == 1
     assert all("skipping unreadable image" in message for message in warnings)
+
+
+def test_readable_images_are_decoded_once_until_they_change(tmp_path, monkeypatch):
+    root = write_image_folder(tmp_path, {"train": 4, "val": 2})
+    assert len(folder_module(root).dataset("train")) == 12
+    assert list((tmp_path / "cache" / "classifier" / "readable-images").glob("*.json"))
+
+    decoded = []
+    real_decode = verify._decode_error
+    monkeypatch.setattr(verify, "_decode_error", lambda path: decoded.append(path) or real_decode(path))
+    assert len(folder_module(root).dataset("train")) == 12
+    assert decoded == []  # all known readable: only stat() was needed
+    changed = root / "train" / "cat" / "000.png"
+    changed.write_bytes(b"now broken")
+    assert len(folder_module(root).dataset("train")) == 11
+    assert decoded == [str(changed)]
 
 
 def test_on_bad_image_error_lists_all_of_them(tmp_path):

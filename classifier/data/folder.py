@@ -7,13 +7,8 @@ from functools import cached_property
 from pathlib import Path
 
 from classifier.data.base import ClassificationDataModule, Splits
-from classifier.data.images import (
-    ImageFileDataset,
-    drop_unreadable,
-    has_image_files,
-    is_hidden,
-    iter_image_files,
-)
+from classifier.data.images import ImageFileDataset, has_image_files, is_hidden, iter_image_files
+from classifier.data.verify import drop_unreadable
 from classifier.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ from classifier.errors import UserError
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-BAD_IMAGE_POLICIES = ("skip", "error")
 
 
 def is_hidden(name: str) -> bool:
@@ -70,45 +68,6 @@ def load_rgb(path: str | Path) -> Image.Image:
         img = ImageOps.exif_transpose(img)
         img.load()
         return to_rgb(img)
-
-
-def _decode_error(path: Path) -> str | None:
-    """Why `path` cannot be decoded, or None when it can. JPEGs decode at reduced scale: it is
-    several times faster and still reads every byte, so truncated files are caught."""
-    try:
-        with Image.open(path) as img:
-            img.draft("RGB", (64, 64))
-            img.load()
-    except Exception as exc:  # PIL raises many types for corrupt data; all mean "unreadable"
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return None
-
-
-def find_unreadable(paths: Sequence[Path], workers: int | None = None) -> list[tuple[Path, str]]:
-    """(path, reason) for each file that cannot be decoded. Decoding releases the GIL, so threads scale."""
-    workers = workers or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        reasons = pool.map(_decode_error, paths, chunksize=256)
-        return [(path, reason) for path, reason in zip(paths, reasons, strict=True) if reason is not None]
-
-
-def drop_unreadable(
-    samples: list[tuple[Path, int]], policy: str, where: str | Path
-) -> list[tuple[Path, int]]:
-    """Remove undecodable images from `samples`, warning about each one; with policy 'error', fail
-    listing all of them instead."""
-    if policy not in BAD_IMAGE_POLICIES:
-        raise UserError(f"data.on_bad_image={policy!r} is not one of {', '.join(BAD_IMAGE_POLICIES)}")
-    bad = find_unreadable([path for path, _ in samples])
-    if not bad:
-        return samples
-    if policy == "error":
-        listing = "; ".join(f"{path} ({reason})" for path, reason in bad)
-        raise UserError(f"{len(bad)} unreadable image(s) in {where} (data.on_bad_image=error): {listing}")
-    for path, reason in bad:
-        log.warning("skipping unreadable image %s (%s)", path, reason)
-    bad_paths = {path for path, _ in bad}
-    return [(path, label) for path, label in samples if path not in bad_paths]
 
 
 class ImageFileDataset(torch.utils.data.Dataset):

@@ -7,7 +7,8 @@ from functools import cached_property
 from pathlib import Path
 
 from classifier.data.base import ClassificationDataModule, Splits
-from classifier.data.images import ImageFileDataset, drop_unreadable
+from classifier.data.images import ImageFileDataset
+from classifier.data.verify import drop_unreadable
 from classifier.errors import UserError
 
 SPLITS = ("train", "val", "test")
