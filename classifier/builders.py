@@ -3,7 +3,6 @@ train.py, eval.py and later predict.py / export.py all go through here."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import lightning as L
@@ -17,8 +16,6 @@ from classifier.data import ClassificationDataModule
 from classifier.errors import UserError
 from classifier.models import check_model_name, pretrained_input
 from classifier.module import ClassifierModule
-
-log = logging.getLogger(__name__)
 
 
 def uses_pretrained_weights(model_cfg: DictConfig) -> bool:

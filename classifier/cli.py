@@ -19,6 +19,8 @@ _QUIET_WARNINGS = (
     r".*does not have many workers.*",  # in-memory data: workers would only slow it down
     r".*is smaller than the logging interval.*",  # small data sets: epoch-level logs are what we use
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # inside Lightning, nothing to act on
+    # Epoch metrics come from torchmetrics, which already reduces them across processes.
+    r".*sync_dist=True\)` when logging on epoch level in distributed setting.*",
 )
 
 

@@ -12,6 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from classifier.data.transforms import InputSpec, create_eval_transform, create_train_transform
@@ -108,12 +109,12 @@ class ClassificationDataModule(L.LightningDataModule):
             raise UserError(f"data.batch_size={batch_size} must be at least 1")
         if not 0 <= val_split < 1:
             raise UserError(f"data.val_split={val_split} must be in [0, 1)")
-        spec_kwargs = {"mean": mean, "std": std}
         self.input_spec = InputSpec(
             img_size=img_size or self.native_img_size,
+            mean=tuple(mean or IMAGENET_DEFAULT_MEAN),
+            std=tuple(std or IMAGENET_DEFAULT_STD),
             crop_pct=crop_pct,
             interpolation=interpolation,
-            **{key: tuple(value) for key, value in spec_kwargs.items() if value is not None},
         )
         self.batch_size = int(batch_size)
         self._num_workers = num_workers

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import pickle
 from functools import cached_property
 from pathlib import Path
@@ -16,8 +15,6 @@ from classifier.data.base import ClassificationDataModule, Splits
 from classifier.data.folder import find_class_names, is_image_folder_tree, read_image_folder
 from classifier.data.memory import TensorImageDataset
 from classifier.errors import UserError
-
-log = logging.getLogger(__name__)
 
 
 def _unpickle(path: Path) -> dict:

@@ -1,8 +1,7 @@
-"""Reading image files: which files count as images, decoding any mode to RGB, finding broken files."""
+"""Reading image files: which files count as images, and decoding any mode to upright RGB."""
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -12,8 +11,6 @@ import torch
 from PIL import Image, ImageOps
 
 from classifier.errors import UserError
-
-log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
