@@ -53,6 +53,11 @@ def build_net(model_cfg: DictConfig, num_classes: int, img_size: int) -> nn.Modu
 
 
 def build_module(cfg: DictConfig, datamodule: ClassificationDataModule) -> ClassifierModule:
+    if datamodule.num_classes < 2:
+        raise UserError(
+            f"the data has {datamodule.num_classes} class ({', '.join(datamodule.class_names)});"
+            " a classifier needs at least two"
+        )
     net = build_net(cfg.model, datamodule.num_classes, datamodule.input_spec.img_size)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     create_module = instantiate(cfg.module, _partial_=True)

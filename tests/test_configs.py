@@ -82,6 +82,15 @@ def test_debug_configs_compose(debug, compose_train):
     instantiate(cfg.data)
 
 
+def test_one_class_is_refused_in_one_line(compose_train, tmp_path):
+    from classifier.errors import UserError
+
+    root = write_image_folder(tmp_path / "one", {"train": 3}, classes=("cat",))
+    cfg = compose_train("data=imagefolder", f"data.root={root}")
+    with pytest.raises(UserError, match=r"the data has 1 class \(cat\); a classifier needs at least two"):
+        build_module(cfg, build_datamodule(cfg.data))
+
+
 def test_optimizer_and_scheduler_are_swappable(compose_train):
     cfg = compose_train("optimizer=sgd", "scheduler=none")
     assert cfg.optimizer._target_ == "torch.optim.SGD" and not cfg.get("scheduler")

@@ -65,11 +65,14 @@ def test_junk_files_and_hidden_folders_are_ignored(tmp_path):
     hidden.mkdir()
     Image.new("RGB", (8, 8)).save(hidden / "x.png")
     Image.new("RGB", (8, 8)).save(root / "train" / "cat" / ".hidden.png")
+    macos = root / "train" / "__MACOSX" / "cat"  # what unzipping a macOS archive leaves
+    macos.mkdir(parents=True)
+    (macos / "._000.png").write_bytes(b"resource fork")
     dm = folder_module(root)
     assert dm.class_names == ["cat", "dog", "fox"]
     paths = [path for path, _ in dm.dataset("train").samples]
     assert len(paths) == 12 and all(path.endswith((".jpg", ".png")) for path in paths)
-    assert not any("ipynb" in path or "/." in path for path in paths)
+    assert not any("ipynb" in path or "/." in path or "MACOSX" in path for path in paths)
 
 
 def write_broken_images(folder):

@@ -42,6 +42,14 @@ def test_timm_checkpoint_dict_with_ema_and_ddp_prefixes(tmp_path):
     assert torch.equal(model.fc.weight, source.fc.weight)  # same head size: kept, EMA weights chosen
 
 
+def test_backbone_saved_inside_another_module_loads(tmp_path):
+    source = timm.create_model("resnet18", num_classes=3)
+    wrapped = {f"model.{k}": v for k, v in source.state_dict().items()} | {"criterion.weight": torch.ones(3)}
+    torch.save({"state_dict": wrapped, "epoch": 3}, tmp_path / "other_framework.ckpt")
+    model = create_model("resnet18", num_classes=3, weights=str(tmp_path / "other_framework.ckpt"))
+    assert torch.equal(model.fc.weight, source.fc.weight)
+
+
 def test_vit_weights_from_224_load_at_32_px(tmp_path):
     source = timm.create_model("vit_small_patch16_224", num_classes=10)
     torch.save(source.state_dict(), tmp_path / "vit.pth")

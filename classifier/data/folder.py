@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 
 from classifier.data.base import ClassificationDataModule, Splits
-from classifier.data.images import ImageFileDataset, has_image_files, is_hidden, iter_image_files
+from classifier.data.images import ImageFileDataset, has_image_files, is_ignored, iter_image_files
 from classifier.data.verify import drop_unreadable
 from classifier.errors import UserError
 
@@ -41,7 +41,7 @@ def train_dir_of(root: Path) -> Path:
 
 
 def class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not is_hidden(p.name))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not is_ignored(p.name))
 
 
 def find_class_names(train_dir: Path) -> list[str]:

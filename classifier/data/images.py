@@ -12,22 +12,38 @@ from PIL import Image, ImageOps
 
 from classifier.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+# What PIL decodes out of the box; anything else in a class folder is ignored.
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".jfif",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".ppm",
+    ".pgm",
+    ".tif",
+    ".tiff",
+    ".webp",
+)
+# Folders that unzipping or tooling leaves beside the data (macOS resource forks, caches).
+JUNK_FOLDERS = {"__MACOSX", "__pycache__"}
 
 
-def is_hidden(name: str) -> bool:
-    return name.startswith(".")
+def is_ignored(name: str) -> bool:
+    """Hidden files and folders (.ipynb_checkpoints, .DS_Store, ._x.jpg) and JUNK_FOLDERS."""
+    return name.startswith(".") or name in JUNK_FOLDERS
 
 
 def is_image_file(path: str | Path) -> bool:
     name = os.path.basename(path)
-    return not is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS)
+    return not is_ignored(name) and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def iter_image_files(folder: Path) -> Iterator[Path]:
     """Image files under `folder`, recursively and sorted; hidden folders and non-image files are ignored."""
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
         yield from (Path(dirpath, f) for f in sorted(filenames) if is_image_file(f))
 
 

@@ -14,9 +14,6 @@ from classifier.errors import UserError
 
 log = logging.getLogger(__name__)
 
-# Our own Lightning checkpoints keep the backbone under this attribute of ClassifierModule.
-MODULE_PREFIX = "net."
-
 
 def head_keys(model: nn.Module) -> set[str]:
     """state_dict keys of the classification head (timm's `get_classifier()`)."""
@@ -42,11 +39,20 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise UserError(f"model.weights={path} is not a readable state_dict: {reason}") from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"model.weights={path} does not hold a state_dict of tensors")
-    if any(key.startswith(MODULE_PREFIX) for key in state):
-        state = {
-            key[len(MODULE_PREFIX) :]: value for key, value in state.items() if key.startswith(MODULE_PREFIX)
-        }
     return state
+
+
+def strip_wrapper_prefix(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """The tensors of a backbone saved inside a larger module (this framework's and most Lightning
+    modules' `net.`, others' `model.`, `backbone.`, ...) under the names `expected` has, when
+    dropping one leading prefix matches more of them."""
+    best, best_matches = state, len(state.keys() & expected)
+    for prefix in {key.split(".", 1)[0] + "." for key in state if "." in key}:
+        stripped = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+        matches = len(stripped.keys() & expected)
+        if matches > best_matches:
+            best, best_matches = stripped, matches
+    return best
 
 
 def _adapt_to_model(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -85,8 +91,8 @@ def load_local_weights(model: nn.Module, path: str | Path) -> bool:
     Raises:
         UserError: the file is missing or unreadable, or its tensors do not fit the architecture.
     """
-    state = _adapt_to_model(read_state_dict(path), model)
     expected = model.state_dict()
+    state = _adapt_to_model(strip_wrapper_prefix(read_state_dict(path), set(expected)), model)
     head = head_keys(model)
     mismatched = [k for k, v in state.items() if k in expected and v.shape != expected[k].shape]
     replaced_head = [k for k in mismatched if k in head]
