@@ -27,7 +27,7 @@ _QUIET_WARNINGS = (
 def _send_lightning_logs_to_hydra() -> None:
     # Lightning gives its loggers their own console handler when imported before logging is set
     # up (as here, before Hydra's); let them propagate instead, so its lines reach <run>/train.log.
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
