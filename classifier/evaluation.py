@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from classifier.data import ClassificationDataModule
 from classifier.metrics import summary_of
 from classifier.module import ClassifierModule
-from classifier.reports import write_reports
+from classifier.reports import format_metrics, write_reports
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,6 @@ def evaluate_and_report(
                 logger.experiment.add_figure(
                     f"{split}/confusion_matrix", figure, global_step=trainer.global_step
                 )
-        log.info("%s", "  ".join(f"{key}={value:.4f}" for key, value in sorted(metrics.items())))
+        log.info("%s", format_metrics(metrics))
         log.info("reports written to %s", output_dir)
     return metrics

@@ -80,7 +80,7 @@ class ClassifierModule(L.LightningModule):
         self.eval_loss[stage].update(loss, weight=targets.numel())
         self.eval_metrics[stage].update(logits.float().softmax(dim=-1), targets)
 
-    def _log_eval_epoch(self, stage: str) -> float:
+    def _log_eval_epoch(self, stage: str) -> torch.Tensor:
         values = self.eval_metrics[stage].compute()
         loss = self.eval_loss[stage].compute()
         self.eval_metrics[stage].reset()
@@ -95,7 +95,7 @@ class ClassifierModule(L.LightningModule):
         }
         self.log_dict(per_class)
         self.confusion[stage] = values["confusion"].cpu()
-        return float(values["top1"])
+        return values["top1"]
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -103,7 +103,7 @@ class ClassifierModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         top1 = self._log_eval_epoch("val")
         if not self.trainer.sanity_checking:
-            self.val_top1_best.update(torch.tensor(top1))
+            self.val_top1_best.update(top1)  # on the module's device, like the metric's state
             self.log("val/top1_best", self.val_top1_best.compute())
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

@@ -18,6 +18,10 @@ CONFUSION_FILE = "confusion_matrix.png"
 REPORT_FILE = "report.txt"
 
 
+def format_metrics(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{key}={value:.4f}" for key, value in sorted(metrics.items()))
+
+
 def write_metrics(path: Path, metrics: dict[str, float]) -> None:
     write_atomically((json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode(), path)
 
@@ -91,11 +95,10 @@ def write_reports(
         confusion, class_names, f"{split} confusion matrix ({int(np.sum(confusion))} images)"
     )
     save_figure(fig, output_dir / CONFUSION_FILE)
-    summary = "  ".join(f"{key}={value:.4f}" for key, value in sorted(metrics.items()))
     header = [
         f"split: {split} ({int(np.sum(confusion))} images)",
         f"checkpoint: {checkpoint or 'final weights (no best checkpoint)'}",
-        summary,
+        format_metrics(metrics),
         "",
     ]
     text = "\n".join(header) + classification_report_text(confusion, class_names)
