@@ -21,26 +21,21 @@ def evaluate_and_report(
     module: ClassifierModule,
     datamodule: ClassificationDataModule,
     output_dir: Path,
-    ckpt_path: str | None = None,
-    source: str | None = None,
+    source: str | None,
 ) -> dict[str, float]:
-    """Validate (and test, when the data has a test split) the weights in `ckpt_path`, or the
-    module's own when None; write metrics.json, confusion_matrix.png and report.txt for the test
-    split (else val) into `output_dir`. `source` names the weights in report.txt when they were
-    loaded beforehand. Returns the metrics written to metrics.json."""
-    logged = trainer.validate(
-        module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True, verbose=False
-    )
+    """Validate (and test, when the data has a test split) the module's weights; write
+    metrics.json, confusion_matrix.png and report.txt for the test split (else val) into
+    `output_dir`. `source` names the weights' checkpoint in report.txt (None: final weights).
+    Returns the metrics written to metrics.json."""
+    logged = trainer.validate(module, datamodule=datamodule, verbose=False)
     metrics, split = summary_of(logged[0], "val"), "val"
     if datamodule.has_test:
-        logged = trainer.test(
-            module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True, verbose=False
-        )
+        logged = trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update(summary_of(logged[0], "test"))
         split = "test"
     if trainer.is_global_zero:
         confusion = module.confusion[split].numpy()
-        figure = write_reports(output_dir, metrics, confusion, module.class_names, split, ckpt_path or source)
+        figure = write_reports(output_dir, metrics, confusion, module.class_names, split, source)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_figure(

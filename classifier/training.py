@@ -17,7 +17,7 @@ from classifier.builders import (
     run_config,
 )
 from classifier.callbacks import RunMetadata
-from classifier.checkpoints import resume_checkpoint
+from classifier.checkpoints import load_checkpoint, resume_checkpoint
 from classifier.errors import UserError
 from classifier.evaluation import evaluate_and_report
 
@@ -42,10 +42,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             f"training interrupted; run the same command with hydra.run.dir={output_dir} to resume"
         )
     best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")
-    if not best or not Path(best).is_file():
+    if best and Path(best).is_file():
+        module.load_state_dict(load_checkpoint(best)["state_dict"])
+    else:
         log.warning("no best checkpoint (checkpointing off or no validation): evaluating the final weights")
         best = None
-    return evaluate_and_report(trainer, module, datamodule, output_dir, ckpt_path=best)
+    return evaluate_and_report(trainer, module, datamodule, output_dir, source=best)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

@@ -90,7 +90,7 @@ class _CIFARDataModule(ClassificationDataModule):
     def load_splits(self) -> Splits:
         self.prepare_data()
         if is_image_folder_tree(self.root):
-            return read_image_folder(self.root, self.class_names, self.on_bad_image)
+            return read_image_folder(self.root, self.root / "train", self.class_names, self.on_bad_image)
         dataset = self.torchvision_dataset
         return Splits(
             train=self._read_batches(dataset.train_list), test=self._read_batches(dataset.test_list)

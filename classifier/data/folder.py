@@ -77,8 +77,8 @@ def read_split(split_dir: Path, class_names: list[str], on_bad_image: str) -> Im
     return ImageFileDataset(samples)
 
 
-def read_image_folder(root: Path, class_names: list[str], on_bad_image: str) -> Splits:
-    train_dir = train_dir_of(root)
+def read_image_folder(root: Path, train_dir: Path, class_names: list[str], on_bad_image: str) -> Splits:
+    """train from `train_dir`; val and test from root/val and root/test when `train_dir` is root/train."""
     splits = {"train": read_split(train_dir, class_names, on_bad_image)}
     if train_dir != root:
         for name in ("val", "test"):
@@ -95,8 +95,14 @@ class ImageFolderDataModule(ClassificationDataModule):
         self.root = root
 
     @cached_property
+    def train_dir(self) -> Path:
+        return train_dir_of(existing_root(self.root))
+
+    @cached_property
     def class_names(self) -> list[str]:
-        return find_class_names(train_dir_of(existing_root(self.root)))
+        return find_class_names(self.train_dir)
 
     def load_splits(self) -> Splits:
-        return read_image_folder(existing_root(self.root), self.class_names, self.on_bad_image)
+        return read_image_folder(
+            Path(self.root).expanduser(), self.train_dir, self.class_names, self.on_bad_image
+        )
