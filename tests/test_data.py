@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import write_image_folder
 from PIL import Image
+from torchvision.transforms import v2
 
 from classifier.data import CIFAR10DataModule, CSVDataModule, DigitsDataModule, ImageFolderDataModule, verify
 from classifier.data.base import default_num_workers
@@ -46,6 +47,18 @@ def test_imagefolder_splits_classes_and_normalisation(tmp_path):
     red = images[labels == 0].mean(dim=(0, 2, 3))
     assert red[0] == pytest.approx((220 / 255 - 0.5) / 0.25, abs=0.15)
     assert red[1] == pytest.approx((40 / 255 - 0.5) / 0.25, abs=0.15)
+
+
+def test_input_side_follows_small_images_and_is_224_for_photos(tmp_path):
+    small = write_image_folder(tmp_path / "small", {"train": 2}, size=28)
+    dm = ImageFolderDataModule(root=str(small))
+    assert dm.input_spec.img_size == 28
+    assert any(isinstance(t, v2.RandomCrop) for t in dm.train_transform.transforms)  # pad-and-crop
+    photos = write_image_folder(tmp_path / "photos", {"train": 2}, size=100)
+    dm = ImageFolderDataModule(root=str(photos))
+    assert dm.input_spec.img_size == 224
+    assert any(isinstance(t, v2.RandomResizedCrop) for t in dm.train_transform.transforms)
+    assert ImageFolderDataModule(root=str(photos), img_size=96).input_spec.img_size == 96
 
 
 def test_class_folders_without_train_dir_are_the_training_split(tmp_path):

@@ -15,7 +15,14 @@ from sklearn.model_selection import train_test_split
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from classifier.data.transforms import InputSpec, create_eval_transform, create_train_transform
+from classifier.data.transforms import (
+    DEFAULT_CROP_PCT,
+    PHOTO_SIDE,
+    SMALL_IMAGE_MAX_SIDE,
+    InputSpec,
+    create_eval_transform,
+    create_train_transform,
+)
 from classifier.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -74,9 +81,10 @@ class ClassificationDataModule(L.LightningDataModule):
         num_workers: loader processes; None picks one per CPU core (up to 8), or 0 for data held in memory.
         img_size: square side fed to the model; None is the data set's `native_img_size`.
         mean, std: normalisation; None is ImageNet's.
-        crop_pct: eval crop: resize the short side to img_size / crop_pct, then center-crop.
+        crop_pct: eval crop: resize the short side to img_size / crop_pct, then center-crop; None
+            is 1.0 (no crop) up to 64 px and 0.875 above.
         interpolation: resize filter (a torchvision InterpolationMode name).
-        train_crop: 'pad' (pad-and-crop, for small native images) or 'resized' (random-resized crop).
+        train_crop: 'pad' (pad-and-crop), 'resized' (random-resized crop) or 'auto' (pad up to 64 px).
         crop_scale: area range of the random-resized crop.
         hflip: random horizontal flips while training.
         val_split: fraction of train held out for validation when the data has no val split.
@@ -84,7 +92,7 @@ class ClassificationDataModule(L.LightningDataModule):
         on_bad_image: 'skip' (warn and drop each undecodable file) or 'error' (fail, listing them all).
     """
 
-    native_img_size: int = 224
+    native_img_size: int = PHOTO_SIDE  # subclasses that read files set it before this __init__ runs
     in_memory: bool = False
 
     def __init__(
@@ -95,10 +103,10 @@ class ClassificationDataModule(L.LightningDataModule):
         img_size: int | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
-        crop_pct: float = 0.875,
+        crop_pct: float | None = None,
         interpolation: str = "bilinear",
-        train_crop: str = "resized",
-        crop_scale: Sequence[float] = (0.08, 1.0),
+        train_crop: str = "auto",
+        crop_scale: Sequence[float] = (0.25, 1.0),
         hflip: bool = True,
         val_split: float = 0.1,
         split_seed: int = 0,
@@ -109,11 +117,12 @@ class ClassificationDataModule(L.LightningDataModule):
             raise UserError(f"data.batch_size={batch_size} must be at least 1")
         if not 0 <= val_split < 1:
             raise UserError(f"data.val_split={val_split} must be in [0, 1)")
+        img_size = img_size or self.native_img_size
         self.input_spec = InputSpec(
-            img_size=img_size or self.native_img_size,
+            img_size=img_size,
             mean=tuple(mean or IMAGENET_DEFAULT_MEAN),
             std=tuple(std or IMAGENET_DEFAULT_STD),
-            crop_pct=crop_pct,
+            crop_pct=crop_pct or (1.0 if img_size <= SMALL_IMAGE_MAX_SIDE else DEFAULT_CROP_PCT),
             interpolation=interpolation,
         )
         self.batch_size = int(batch_size)

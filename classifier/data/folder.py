@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from functools import cached_property
 from pathlib import Path
 
 from classifier.data.base import ClassificationDataModule, Splits
-from classifier.data.images import ImageFileDataset, has_image_files, is_ignored, iter_image_files
+from classifier.data.images import (
+    ImageFileDataset,
+    has_image_files,
+    is_ignored,
+    iter_image_files,
+    largest_side,
+)
+from classifier.data.transforms import native_side
 from classifier.data.verify import drop_unreadable
 from classifier.errors import UserError
 
@@ -91,8 +99,12 @@ class ImageFolderDataModule(ClassificationDataModule):
     """Any folder of images sorted into one sub-folder per class."""
 
     def __init__(self, root: str, **kwargs):
+        self.root = root  # before the base __init__, which reads native_img_size
         super().__init__(**kwargs)
-        self.root = root
+
+    @property
+    def native_img_size(self) -> int:
+        return native_side(largest_side(itertools.islice(iter_image_files(self.train_dir), 32)))
 
     @cached_property
     def train_dir(self) -> Path:

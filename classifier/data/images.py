@@ -51,6 +51,18 @@ def has_image_files(folder: Path) -> bool:
     return next(iter_image_files(folder), None) is not None
 
 
+def largest_side(paths: Iterable[str | Path]) -> int | None:
+    """The longest image side among `paths`, read from file headers only (unreadable files skipped)."""
+    sides = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                sides.append(max(img.size))
+        except Exception:  # broken files are reported when the split is read
+            continue
+    return max(sides, default=None)
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode as 8-bit RGB: transparency over white, 16-bit and float rescaled rather than clipped."""
     if img.mode == "RGB":

@@ -7,7 +7,8 @@ from functools import cached_property
 from pathlib import Path
 
 from classifier.data.base import ClassificationDataModule, Splits
-from classifier.data.images import ImageFileDataset
+from classifier.data.images import ImageFileDataset, largest_side
+from classifier.data.transforms import native_side
 from classifier.data.verify import drop_unreadable
 from classifier.errors import UserError
 
@@ -41,10 +42,16 @@ class CSVDataModule(ClassificationDataModule):
         split_column: str = "split",
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        # Set before the base __init__, which reads native_img_size.
         self.csv_path = csv
         self.root = root
         self.path_column, self.label_column, self.split_column = path_column, label_column, split_column
+        super().__init__(**kwargs)
+
+    @property
+    def native_img_size(self) -> int:
+        base = self._image_root()
+        return native_side(largest_side(base / row[self.path_column].strip() for row in self.rows[:32]))
 
     @cached_property
     def rows(self) -> list[dict[str, str]]:

@@ -11,7 +11,17 @@ from torchvision.transforms import InterpolationMode, v2
 
 from classifier.errors import UserError
 
-TRAIN_CROPS = ("pad", "resized")
+TRAIN_CROPS = ("auto", "pad", "resized")
+# Up to this side, images train at their own size with pad-and-crop (digits, CIFAR, MNIST-like
+# folders); larger ones at PHOTO_SIDE with random-resized crops.
+SMALL_IMAGE_MAX_SIDE = 64
+PHOTO_SIDE = 224
+DEFAULT_CROP_PCT = 0.875  # photos: eval on the centre 87.5% (ImageNet convention)
+
+
+def native_side(largest: int | None) -> int:
+    """The input side for images whose longest side is `largest` (None: unknown)."""
+    return largest if largest and largest <= SMALL_IMAGE_MAX_SIDE else PHOTO_SIDE
 
 
 @dataclass(frozen=True)
@@ -21,7 +31,7 @@ class InputSpec:
     img_size: int
     mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
     std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
-    crop_pct: float = 0.875  # eval: resize the short side to img_size / crop_pct, then center-crop
+    crop_pct: float = DEFAULT_CROP_PCT  # eval: resize the short side to img_size / crop_pct, center-crop
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
@@ -53,16 +63,19 @@ def _to_normalized_float(spec: InputSpec) -> list[v2.Transform]:
 
 def create_train_transform(
     spec: InputSpec,
-    crop: str = "resized",
+    crop: str = "auto",
     crop_scale: Sequence[float] = (0.08, 1.0),
     hflip: bool = True,
 ) -> v2.Compose:
-    """Random crop (pad-and-crop for small native images, random-resized crop for photos) and flip.
+    """Random crop (pad-and-crop for small images, random-resized crop for photos; 'auto' picks by
+    the input side) and flip.
 
     Raises:
         UserError: `crop` is not one of TRAIN_CROPS.
     """
     size, interpolation = spec.img_size, _interpolation(spec.interpolation)
+    if crop == "auto":
+        crop = "pad" if size <= SMALL_IMAGE_MAX_SIDE else "resized"
     if crop == "pad":
         # Resize is a no-op when images already have the side length (CIFAR at 32 px).
         steps = [
