@@ -3,14 +3,14 @@
 import hydra
 from omegaconf import DictConfig
 
-from classifier.cli import run_task
-from classifier.training import train
+from classifier.cli import expand_home_in_argv, run_task
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return run_task(train, cfg)
+    return run_task("train", cfg)
 
 
 if __name__ == "__main__":
+    expand_home_in_argv()
     main()

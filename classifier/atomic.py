@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
+
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    # The only portable way to read the umask is to set it; the lock keeps threads of this process
+    # from seeing the temporary value.
+    with _umask_lock:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
 
 
 def write_atomically(data: bytes, path: str | Path) -> None:
     """Write `data` to `path` so that a crash or kill -9 leaves either the old file or the new one.
 
     The bytes go to a temporary file in the same folder, are fsynced, and replace `path` with
-    os.replace, which is atomic within one file system.
+    os.replace, which is atomic within one file system. The file gets the mode any new file
+    would (0666 less the umask), not the 0600 of a temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -20,6 +33,7 @@ def write_atomically(data: bytes, path: str | Path) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

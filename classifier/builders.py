@@ -3,19 +3,37 @@ train.py, eval.py and later predict.py / export.py all go through here."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from classifier import data
 from classifier.checkpoints import AtomicCheckpointIO, load_checkpoint
 from classifier.data import ClassificationDataModule
-from classifier.errors import UserError
-from classifier.models import check_model_name, pretrained_input
+from classifier.errors import UserError, config_errors
+from classifier.models import check_model_name, create_model, pretrained_input
 from classifier.module import ClassifierModule
+
+# What a checkpoint's saved config may construct, by the `_target_` names the configs in conf/ use.
+# A checkpoint is data: rebuilding a run from one never imports a path the file names (it could
+# name any callable, e.g. torch.load with weights_only=False on a pickle inside it).
+ALLOWED_DATA_MODULES: dict[str, type[ClassificationDataModule]] = {
+    f"classifier.data.{name}": getattr(data, name)
+    for name in data.__all__
+    if isinstance(getattr(data, name), type)
+    and issubclass(getattr(data, name), ClassificationDataModule)
+    and getattr(data, name) is not ClassificationDataModule
+}
+ALLOWED_MODEL_FACTORIES: dict[str, Callable[..., nn.Module]] = {
+    "classifier.models.create_model": create_model
+}
+ALLOWED_MODULES: dict[str, type[ClassifierModule]] = {"classifier.module.ClassifierModule": ClassifierModule}
 
 
 def uses_pretrained_weights(model_cfg: DictConfig) -> bool:
@@ -83,12 +101,29 @@ def build_trainer(
     )
     if not loggers:  # LearningRateMonitor refuses to run without a logger to write to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a bar it was told not to show
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    check_accelerator(cfg.trainer.get("accelerator"))
     create_trainer = instantiate(cfg.trainer, _partial_=True)
-    return create_trainer(
-        callbacks=callbacks + list(extra_callbacks or []),
-        logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
-    )
+    with config_errors("trainer"):
+        return create_trainer(
+            callbacks=callbacks + list(extra_callbacks or []),
+            logger=loggers or False,
+            plugins=[AtomicCheckpointIO()],
+        )
+
+
+def check_accelerator(accelerator: str | None) -> None:
+    """Raises UserError when a GPU is asked for on a machine without one (Lightning's own message,
+    "No supported gpu backend found!", does not say what to do)."""
+    if str(accelerator).lower() not in ("gpu", "cuda"):
+        return
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if not torch.cuda.is_available() and not (str(accelerator).lower() == "gpu" and has_mps):
+        raise UserError(
+            f"trainer.accelerator={accelerator} but torch finds no GPU on this machine:"
+            " use trainer=cpu (or trainer.accelerator=auto, which takes a GPU when there is one)"
+        )
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
@@ -99,17 +134,69 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def _apply_data_overrides(data_cfg: DictConfig, overrides: dict[str, Any]) -> DictConfig:
-    data_cfg = data_cfg.copy()
-    target = data_cfg.get("_target_", "?").rsplit(".", 1)[-1]
+def construct_allowed(
+    spec: Mapping[str, Any], allowed: Mapping[str, Callable[..., Any]], key: str, **kwargs: Any
+) -> Any:
+    """Call the allowed factory that `spec['_target_']` names with the rest of `spec` (plain values)
+    and `kwargs`: how a checkpoint's saved config is turned back into objects.
+
+    Raises:
+        UserError: the target is not in `allowed`, a value asks for another object to be built
+            (a nested `_target_`) or for Hydra's instantiation options (`_partial_`, ...), or the
+            arguments do not fit the factory.
+    """
+    spec = dict(spec)
+    target = spec.pop("_target_", None)
+    factory = allowed.get(target) if isinstance(target, str) else None
+    if factory is None:
+        raise UserError(
+            f"refused to rebuild the checkpoint's {key}: its _target_ {target!r} is not one of this"
+            f" project's ({', '.join(allowed)})"
+        )
+    nested = _special_keys(spec)
+    if nested:
+        raise UserError(
+            f"refused to rebuild the checkpoint's {key}: it asks for {', '.join(nested)}, which a saved"
+            " run config never holds"
+        )
+    try:
+        return factory(**spec, **kwargs)
+    except TypeError as exc:
+        raise UserError(f"the checkpoint's {key} config does not fit {target}: {exc}") from exc
+
+
+def _special_keys(value: Any, where: str = "") -> list[str]:
+    """Paths of keys that would make Hydra build something (`_target_`, `_partial_`, `_args_`...)."""
+    found = []
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            if str(key).startswith("_") and str(key).endswith("_"):
+                found.append(path)
+            found += _special_keys(item, path)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found += _special_keys(item, f"{where}[{i}]")
+    return found
+
+
+def _apply_data_overrides(data_cfg: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    data_cfg = dict(data_cfg)
+    target = str(data_cfg.get("_target_", "?")).rsplit(".", 1)[-1]
     for key, value in overrides.items():
         if value is None:
             continue
         if key not in data_cfg:
             raise UserError(f"data.{key} does not apply to the checkpoint's data ({target})")
-        with open_dict(data_cfg):
-            data_cfg[key] = value
+        data_cfg[key] = value
     return data_cfg
+
+
+def _saved_section(config: Any, key: str) -> dict[str, Any]:
+    section = config.get(key) if isinstance(config, Mapping) else None
+    if not isinstance(section, Mapping):
+        raise UserError(f"the checkpoint's saved config has no '{key}' section: was it written by train.py?")
+    return dict(section)
 
 
 def load_run(
@@ -118,25 +205,46 @@ def load_run(
     """The module (with the checkpoint's weights) and data module of a train.py checkpoint, rebuilt
     from the config saved inside it; `data_overrides` replace its data keys (None values are ignored).
 
+    Only this project's data modules, model factory and module are built (ALLOWED_*), whatever
+    the saved config names, and its values are passed as plain data: nothing in the file can make
+    this call other code.
+
     Raises:
-        UserError: unreadable checkpoint, a data key the checkpoint's data does not have, or data
-            whose classes differ from the checkpoint's.
+        UserError: unreadable checkpoint, a saved config that names other code, a data key the
+            checkpoint's data does not have, or data whose classes differ from the checkpoint's.
     """
     checkpoint = load_checkpoint(ckpt_path)
     saved = checkpoint["classifier"]
-    config = OmegaConf.create(saved["config"])
-    data_cfg = _apply_data_overrides(config.data, data_overrides or {})
-    datamodule = build_datamodule(data_cfg, saved["input"])
-    class_names = list(saved["class_names"])
+    if not isinstance(saved, Mapping) or not all(k in saved for k in ("config", "class_names", "input")):
+        raise UserError(f"ckpt_path={ckpt_path} lacks the run config, class names or input settings")
+    config = saved["config"]
+    data_cfg = _apply_data_overrides(_saved_section(config, "data"), data_overrides or {})
+    # The input settings the model was trained with replace the data config's.
+    datamodule = construct_allowed({**data_cfg, **dict(saved["input"])}, ALLOWED_DATA_MODULES, "data")
+    datamodule.prepare_data()
+    class_names = [str(name) for name in saved["class_names"]]
     if datamodule.class_names != class_names:
         raise UserError(
             f"the data's classes ({', '.join(datamodule.class_names[:10])}) differ from the checkpoint's"
             f" ({', '.join(class_names[:10])})"
         )
-    model_cfg = config.model.copy()
-    with open_dict(model_cfg):
-        model_cfg.pretrained, model_cfg.weights = False, None  # the checkpoint holds the weights
-    net = build_net(model_cfg, len(class_names), saved["input"]["img_size"])
-    module = instantiate(config.module, _partial_=True)(net=net, class_names=class_names)
-    module.load_state_dict(checkpoint["state_dict"])
+    # The checkpoint holds the weights; the class count comes from its class names.
+    model_cfg = {**_saved_section(config, "model"), "pretrained": False, "weights": None}
+    model_cfg.pop("num_classes", None)
+    net = construct_allowed(
+        model_cfg,
+        ALLOWED_MODEL_FACTORIES,
+        "model",
+        num_classes=len(class_names),
+        img_size=datamodule.input_spec.img_size,
+    )
+    module = construct_allowed(
+        _saved_section(config, "module"), ALLOWED_MODULES, "module", net=net, class_names=class_names
+    )
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as exc:
+        raise UserError(
+            f"ckpt_path={ckpt_path}: its weights do not fit its own model config ({exc})"
+        ) from exc
     return module, datamodule

@@ -1,16 +1,24 @@
-"""Callbacks: training speed, and what every checkpoint carries besides weights (config, classes, RNG)."""
+"""Callbacks: training speed, the console (a compact bar, one summary line per epoch), what every
+checkpoint carries besides weights (config, classes, RNG), checkpoints that survive a moved run dir,
+and last.ckpt on Ctrl-C / SIGTERM."""
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import random
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
 
@@ -94,4 +102,149 @@ class RunMetadata(L.Callback):
         if self._rng_to_restore:
             restore_rng_states(self._rng_to_restore)
         self._rng_to_restore = None
-        log.info("resuming at epoch %d (global step %d)", trainer.current_epoch, trainer.global_step)
+        steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+        mid_epoch = math.isfinite(steps_per_epoch) and trainer.global_step % max(1, steps_per_epoch) != 0
+        log.info(
+            "resuming at epoch %d (global step %d)%s",
+            trainer.current_epoch,
+            trainer.global_step,
+            "; mid-epoch: its remaining batches come from a new shuffle" if mid_epoch else "",
+        )
+
+
+def _relocated(path: str, old_dir: str, new_dir: str) -> str:
+    old_dir = old_dir.rstrip(os.sep) + os.sep
+    return os.path.join(new_dir, path[len(old_dir) :]) if path and path.startswith(old_dir) else path
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint whose record of the best checkpoint survives a resume anywhere.
+
+    Lightning drops the best score when the checkpoint folder's path changed (a run dir moved or
+    copied), so the next epoch, however worse, overwrites best.ckpt; here the paths are moved to
+    the new folder and the score is kept. If the best checkpoint itself is gone, the record restarts
+    with a warning, so best.ckpt and metrics.json come from the resumed epochs rather than from
+    whatever weights training ends with.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old_dir, new_dir = state_dict.get("dirpath"), self.dirpath
+        if old_dir and new_dir and os.path.abspath(old_dir) != os.path.abspath(new_dir):
+            state_dict = {
+                **state_dict,
+                "dirpath": new_dir,
+                "best_model_path": _relocated(state_dict.get("best_model_path", ""), old_dir, new_dir),
+                "kth_best_model_path": _relocated(
+                    state_dict.get("kth_best_model_path", ""), old_dir, new_dir
+                ),
+                "last_model_path": _relocated(state_dict.get("last_model_path", ""), old_dir, new_dir),
+                "best_k_models": {
+                    _relocated(path, old_dir, new_dir): score
+                    for path, score in state_dict.get("best_k_models", {}).items()
+                },
+            }
+            log.info("the checkpoints moved from %s to %s: their record is kept", old_dir, new_dir)
+        initial_kth_value = self.kth_value
+        super().load_state_dict(state_dict)
+        if self.monitor and self.best_model_path and not Path(self.best_model_path).is_file():
+            log.warning(
+                "%s (%s=%.4f) is missing: best.ckpt and metrics.json will come from the resumed epochs",
+                self.best_model_path,
+                self.monitor,
+                float(self.best_model_score) if self.best_model_score is not None else float("nan"),
+            )
+            self.best_model_path, self.best_model_score = "", None
+            self.best_k_models, self.kth_best_model_path, self.kth_value = {}, "", initial_kth_value
+
+
+class CheckpointOnInterrupt(L.Callback):
+    """On Ctrl-C or SIGTERM during training, writes `path` (last.ckpt) with the progress made so far,
+    mid-epoch included, so the same command resumes from there.
+
+    Lightning's OnExceptionCheckpoint saves on every exception, including one raised while a
+    checkpoint is being restored: it would replace a good last.ckpt with untrained weights. Here
+    only an interrupt after training has started writes, and `saved` tells the caller what was saved.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.saved: str | None = None  # where training stood, once written
+        self._training = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._training = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._training = False
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, KeyboardInterrupt | SIGTERMException):
+            return
+        # Only between training batches: Lightning resumes a checkpoint written during validation
+        # as if that validation had run, so there the end-of-epoch last.ckpt is the better one.
+        if not (self._training and trainer.training):
+            return
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self.saved = f"epoch {trainer.current_epoch + 1}, global step {trainer.global_step}"
+
+
+class CompactProgressBar(TQDMProgressBar):
+    """Lightning's bar with what fits in 80 columns: epoch n/N, train loss and top-1, val top-1.
+    The full set of metrics is in the one log line per epoch that EpochSummary writes."""
+
+    SHOWN = {"train/loss": "loss", "train/top1": "acc", "val/top1": "val_acc"}
+    TRAIN_BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
+
+    @property
+    def is_disabled(self) -> bool:
+        # Redrawn bars written to a file or a pipe (a batch job's log, `| tee`) are kilobytes of
+        # carriage returns; there, the epoch lines tell the progress.
+        return super().is_disabled or not sys.stdout.isatty()
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        shown = trainer.progress_bar_metrics
+        return {short: shown[key] for key, short in self.SHOWN.items() if key in shown}
+
+    def init_train_tqdm(self):
+        bar = super().init_train_tqdm()
+        bar.bar_format = self.TRAIN_BAR_FORMAT
+        return bar
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        if trainer.max_epochs and trainer.max_epochs > 0:
+            self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
+
+class EpochSummary(L.Callback):
+    """One log line per epoch with every epoch-level metric: what the progress bar leaves out, and a
+    record in train.log."""
+
+    SKIPPED = ("/class_acc/", "_best")  # per-class values (many) and the running best (in metrics.json)
+
+    def __init__(self) -> None:
+        self._started = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()  # a run resumed mid-epoch does not start that epoch again
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = {
+            key: float(value)
+            for key, value in trainer.callback_metrics.items()
+            if key.split("/")[0] in ("train", "val") and not any(part in key for part in self.SKIPPED)
+        }
+        speed = metrics.pop("train/images_per_sec", None)
+        parts = [f"{key}={value:.4f}" for key, value in sorted(metrics.items())]
+        if speed is not None:
+            parts.append(f"{speed:.0f} images/s")
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        seconds = time.perf_counter() - self._started
+        log.info("epoch %d%s (%.1f s): %s", trainer.current_epoch + 1, epochs, seconds, "  ".join(parts))

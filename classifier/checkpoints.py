@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,12 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from classifier.atomic import write_atomically
 from classifier.errors import UserError
+from classifier.paths import expand_path
 
 log = logging.getLogger(__name__)
 
 LAST = Path("checkpoints") / "last.ckpt"
+BEST = Path("checkpoints") / "best.ckpt"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -32,23 +35,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         write_atomically(buffer.getvalue(), path)
 
 
+def _read(path: Path, what: str, mmap: bool = False) -> dict[str, Any]:
+    """torch.load with weights_only=True; `what` names the file in the error ('ckpt_path=...')."""
+    if not zipfile.is_zipfile(path):  # what torch.save writes; a truncated copy has lost its index
+        raise UserError(
+            f"{what} is not a readable checkpoint: not a torch.save archive (truncated, or another file)"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{what} is not a readable checkpoint: {reason}") from exc
+    if not isinstance(checkpoint, dict) or "classifier" not in checkpoint or "state_dict" not in checkpoint:
+        raise UserError(f"{what} is not a checkpoint written by train.py (no run config inside)")
+    return checkpoint
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint written by train.py, loaded with weights_only=True.
 
     Raises:
         UserError: the file is missing, unreadable, or not a checkpoint of this framework.
     """
-    path = Path(path).expanduser()
+    path = expand_path(path)
     if not path.is_file():
         raise UserError(f"ckpt_path={path} does not exist (looked for {path.resolve()})")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"ckpt_path={path} is not a readable checkpoint: {reason}") from exc
-    if not isinstance(checkpoint, dict) or "classifier" not in checkpoint or "state_dict" not in checkpoint:
-        raise UserError(f"ckpt_path={path} is not a checkpoint written by train.py (no run config inside)")
-    return checkpoint
+    return _read(path, f"ckpt_path={path}")
 
 
 def resume_checkpoint(output_dir: str | Path, resume: bool | str, ckpt_path: str | None) -> str | None:
@@ -64,10 +76,11 @@ def resume_checkpoint(output_dir: str | Path, resume: bool | str, ckpt_path: str
             or resume=true finds no last.ckpt.
     """
     if ckpt_path:
-        if not Path(ckpt_path).expanduser().is_file():
-            raise UserError(f"ckpt_path={ckpt_path} does not exist")
-        log.info("resuming from ckpt_path=%s", ckpt_path)
-        return str(Path(ckpt_path).expanduser())
+        path = expand_path(ckpt_path)
+        if not path.is_file():
+            raise UserError(f"ckpt_path={ckpt_path} does not exist (looked for {path.resolve()})")
+        log.info("resuming from ckpt_path=%s", path)
+        return str(path)
     if resume not in ("auto", True, False):
         raise UserError(f"resume={resume!r} is not one of auto, true, false")
     last = Path(output_dir) / LAST
@@ -81,3 +94,75 @@ def resume_checkpoint(output_dir: str | Path, resume: bool | str, ckpt_path: str
     if resume is True:
         raise UserError(f"resume=true but there is no {last}")
     return None
+
+
+def check_resumable(
+    path: str | Path, output_dir: str | Path, explicit: bool, class_names: list[str], state_dict: dict
+) -> None:
+    """Make sure training can continue from `path` before Lightning tries: it must be readable, written
+    by train.py, for the same classes, and hold weights of the same shapes as this run's module.
+
+    Args:
+        path: the checkpoint resume_checkpoint chose.
+        output_dir: the run directory.
+        explicit: whether the user named it with ckpt_path (else: the run dir's last.ckpt).
+        class_names: this run's classes.
+        state_dict: this run's module's state_dict (only the shapes are compared).
+
+    Raises:
+        UserError: one line saying which file is at fault and what to do.
+    """
+    path, output_dir = Path(path), Path(output_dir)
+    what = f"ckpt_path={path}" if explicit else f"{path}"
+    if explicit:
+        advice = "check the path, or leave ckpt_path unset"
+    else:
+        advice = f"start over with resume=false{_best_checkpoint_hint(output_dir)}"
+    try:
+        checkpoint = _read(path, what, mmap=True)  # mmap: only the headers are read
+    except UserError as exc:
+        raise UserError(f"{exc}; {advice}") from exc.__cause__
+    saved = checkpoint["classifier"]
+    saved_classes = [str(name) for name in saved.get("class_names", [])]
+    where = what if explicit else f"hydra.run.dir={output_dir}"
+    other = (
+        "choose another run dir (hydra.run.dir=...), or resume=false to start over in this one"
+        if not explicit
+        else "resume from a checkpoint of this configuration, or leave ckpt_path unset"
+    )
+    if saved_classes != list(class_names):
+        raise UserError(
+            f"{where} holds a run on other data ({_classes(saved_classes)}; this run has"
+            f" {_classes(class_names)}): {other}"
+        )
+    # The network's weights only: metric states may come and go between versions of this code.
+    expected = {key: tuple(value.shape) for key, value in state_dict.items() if key.startswith("net.")}
+    found = {
+        key: tuple(value.shape) for key, value in checkpoint["state_dict"].items() if key.startswith("net.")
+    }
+    differ = sorted(key for key in expected.keys() | found.keys() if expected.get(key) != found.get(key))
+    if differ:
+        key = differ[0]
+        model = (saved.get("config") or {}).get("model", {}).get("name", "?")
+        raise UserError(
+            f"{where} holds a run of another model configuration (model {model}; {len(differ)} weights"
+            f" differ, e.g. {key}: {found.get(key, 'absent')} saved, {expected.get(key, 'absent')} now):"
+            f" {other}"
+        )
+
+
+def _classes(names: list[str]) -> str:
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return f"{len(names)} classes: {shown}"
+
+
+def _best_checkpoint_hint(output_dir: Path) -> str:
+    """How to resume from best.ckpt instead, when it is readable."""
+    best = output_dir / BEST
+    if not best.is_file():
+        return ""
+    try:
+        epoch = _read(best, str(best), mmap=True).get("epoch")
+    except UserError:
+        return ""
+    return f", or keep last.ckpt aside and resume from the best epoch ({epoch}) with ckpt_path={best}"

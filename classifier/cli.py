@@ -1,19 +1,29 @@
-"""Command-line entry points: the error handling shared by train.py / eval.py, and the installed
-`classifier-train` / `classifier-eval` commands, which read the configs shipped in the package."""
+"""Command-line entry points: what train.py / eval.py share (the command line as typed in bash,
+one-line errors, exit statuses), and the installed `classifier-train` / `classifier-eval` commands,
+which read the configs shipped in the package.
+
+Nothing heavy is imported here: Hydra answers `--help` and config mistakes before torch, Lightning
+and timm load (seconds), and the task's module is imported once the config is composed.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
+import re
 import sys
 import warnings
-from collections.abc import Callable
 
 import hydra
 from omegaconf import DictConfig
 
-from classifier.errors import describe_user_error
+from classifier.errors import CTRL_C_EXIT, SIGTERM_EXIT, RunInterrupted, describe_user_error
 
 log = logging.getLogger("classifier")
+
+# task name -> "module:function", imported only when the task runs.
+TASKS = {"train": "classifier.training:train", "eval": "classifier.training:evaluate"}
 
 _QUIET_WARNINGS = (
     r".*does not have many workers.*",  # in-memory data: workers would only slow it down
@@ -21,27 +31,72 @@ _QUIET_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # inside Lightning, nothing to act on
     # Epoch metrics come from torchmetrics, which already reduces them across processes.
     r".*sync_dist=True\)` when logging on epoch level in distributed setting.*",
+    # After a stop mid-epoch the resumed epoch runs its remaining batches on a new shuffle; the
+    # resume line says so (classifier.callbacks.RunMetadata).
+    r".*resuming from a checkpoint that ended before the epoch ended.*",
+    r".*Checkpoint directory .* exists and is not empty.*",  # a resumed run's, or resume=false's
 )
+# `~` or `~/...` at the start of an override's value, or of one of its comma-separated sweep values.
+_HOME_IN_VALUE = re.compile(r"(^|,)~(?=/|,|$)")
+
+
+def expand_home_in_argv(argv: list[str] | None = None) -> None:
+    """Expand a leading `~` in override values (`data.root=~/photos`), in place in `argv` (default
+    sys.argv). bash expands `~` only at the start of a word, and Hydra's override parser rejects it,
+    so as typed the README's own examples would fail."""
+    argv = sys.argv if argv is None else argv
+    home = os.path.expanduser("~")
+    for i, arg in enumerate(argv[1:], start=1):
+        key, sep, value = arg.partition("=")
+        if not sep or key.startswith(("-", "~")) or "~" not in value:
+            continue
+        argv[i] = key + sep + _HOME_IN_VALUE.sub(lambda m: m.group(1) + home, value)
 
 
 def _send_lightning_logs_to_hydra() -> None:
-    # Lightning gives its loggers their own console handler when imported before logging is set
-    # up (as here, before Hydra's); let them propagate instead, so its lines reach <run>/train.log.
+    # Importing Lightning gives its loggers their own console handler (always for "lightning", and
+    # for its subpackages when logging is not set up yet); let them propagate instead, so their
+    # lines reach <run>/train.log through Hydra's handlers, once.
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
 
 
-def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> float | None:
-    """Run `task`; a user mistake ends the process with one log line and exit status 1 instead of a
-    traceback. Returns the `optimized_metric` for Hydra sweepers."""
-    _send_lightning_logs_to_hydra()
+def _load_task(name: str):
+    module, function = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _is_sigterm(exc: SystemExit) -> bool:
+    # Lightning ends a run on SIGTERM by raising SIGTERMException, a SystemExit with no code
+    # (exit status 0); imported here only when Lightning is already loaded.
+    lightning_exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return lightning_exceptions is not None and isinstance(exc, lightning_exceptions.SIGTERMException)
+
+
+def run_task(name: str, cfg: DictConfig) -> float | None:
+    """Run the task `name` ('train' or 'eval') on `cfg`. A user mistake ends the process with one
+    ERROR line and exit status 1 instead of a traceback; Ctrl-C with status 130 and SIGTERM with 143
+    (the run's own log says how to resume). Returns the `optimized_metric` for Hydra sweepers."""
+    task = _load_task(name)
+    _send_lightning_logs_to_hydra()  # after the import: importing Lightning adds its own handler
     with warnings.catch_warnings():
         for pattern in _QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
         try:
             metrics = task(cfg)
+        except RunInterrupted as exc:
+            log.error("%s", exc)
+            sys.exit(exc.exit_status)
+        except KeyboardInterrupt:
+            log.error("interrupted (Ctrl-C)")
+            sys.exit(CTRL_C_EXIT)
+        except SystemExit as exc:
+            if _is_sigterm(exc):
+                log.error("stopped by SIGTERM")
+                sys.exit(SIGTERM_EXIT)
+            raise
         except Exception as exc:
             message = describe_user_error(exc)
             if message is None:
@@ -52,14 +107,22 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
 
 
 @hydra.main(version_base="1.3", config_path="pkg://classifier.conf", config_name="train")
-def train(cfg: DictConfig) -> float | None:
-    from classifier.training import train as train_task
-
-    return run_task(train_task, cfg)
+def _train(cfg: DictConfig) -> float | None:
+    return run_task("train", cfg)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://classifier.conf", config_name="eval")
-def evaluate(cfg: DictConfig) -> float | None:
-    from classifier.training import evaluate as evaluate_task
+def _evaluate(cfg: DictConfig) -> float | None:
+    return run_task("eval", cfg)
 
-    return run_task(evaluate_task, cfg)
+
+def train() -> None:
+    """`classifier-train`: train.py from an installed package."""
+    expand_home_in_argv()
+    _train()
+
+
+def evaluate() -> None:
+    """`classifier-eval`: eval.py from an installed package."""
+    expand_home_in_argv()
+    _evaluate()

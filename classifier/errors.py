@@ -2,11 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 
 class UserError(Exception):
     """A mistake in the user's config or files; its message is the whole story (no traceback)."""
+
+
+# Exit statuses of a run stopped by a signal, as shells report them: 128 + the signal's number.
+CTRL_C_EXIT, SIGTERM_EXIT = 130, 143
+
+
+class RunInterrupted(UserError):
+    """Training stopped by Ctrl-C or SIGTERM; the message says what was saved and how to resume."""
+
+    def __init__(self, message: str, exit_status: int):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+@contextmanager
+def config_errors(group: str) -> Iterator[None]:
+    """Turn what a library raises while building an object from the `group` config (Lightning's
+    MisconfigurationException, torch's ValueError for a negative learning rate, a TypeError for an
+    argument it does not take) into a UserError naming the group: the library checked the value,
+    and its message says which."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        if not _is_config_error(exc):
+            raise
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{group}: {first_line}") from exc
+
+
+def _is_config_error(exc: Exception) -> bool:
+    # Lightning's MisconfigurationException is matched by name: this module must not import Lightning.
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return isinstance(exc, ValueError | TypeError) or "MisconfigurationException" in names
 
 
 def describe_user_error(exc: BaseException) -> str | None:

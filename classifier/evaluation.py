@@ -41,6 +41,8 @@ def evaluate_and_report(
                 logger.experiment.add_figure(
                     f"{split}/confusion_matrix", figure, global_step=trainer.global_step
                 )
+                # The writer flushes on a timer: without this the figure can die with the process.
+                logger.finalize("success")
         log.info("%s", format_metrics(metrics))
         log.info("reports written to %s", output_dir)
     return metrics

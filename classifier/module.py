@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import lightning as L
@@ -11,7 +12,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from classifier.errors import UserError
+from classifier.errors import UserError, config_errors
 from classifier.metrics import create_eval_metrics, metric_key_part
 from classifier.optim import apply_lr_scales, param_groups
 
@@ -116,13 +117,21 @@ class ClassifierModule(L.LightningModule):
         if self.optimizer_factory is None:
             raise UserError("no optimizer configured: set optimizer=adamw or optimizer=sgd")
         scale = self.hparams.pretrained_backbone_lr_scale if self.hparams.pretrained_backbone else 1.0
-        optimizer = self.optimizer_factory(params=param_groups(self.net, backbone_lr_scale=scale))
+        with config_errors("optimizer"):
+            optimizer = self.optimizer_factory(params=param_groups(self.net, backbone_lr_scale=scale))
         apply_lr_scales(optimizer)
         if self.scheduler_factory is None:
             return optimizer
-        total_steps = int(self.trainer.estimated_stepping_batches)
+        total_steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):
+            raise UserError(
+                f"trainer.max_epochs={self.trainer.max_epochs} and trainer.max_steps={self.trainer.max_steps}"
+                " train without end, which a learning-rate schedule cannot span: set one of them to the"
+                " run's length, or use scheduler=none"
+            )
         steps_per_epoch = max(1, self.trainer.num_training_batches // self.trainer.accumulate_grad_batches)
-        scheduler = self.scheduler_factory(
-            optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch
-        )
+        with config_errors("scheduler"):
+            scheduler = self.scheduler_factory(
+                optimizer, total_steps=int(total_steps), steps_per_epoch=steps_per_epoch
+            )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

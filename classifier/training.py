@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shlex
+import sys
 from pathlib import Path
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from classifier.builders import (
@@ -16,38 +23,89 @@ from classifier.builders import (
     pretrained_input_overrides,
     run_config,
 )
-from classifier.callbacks import RunMetadata
-from classifier.checkpoints import load_checkpoint, resume_checkpoint
-from classifier.errors import UserError
+from classifier.callbacks import CheckpointOnInterrupt, RunMetadata
+from classifier.checkpoints import LAST, check_resumable, load_checkpoint, resume_checkpoint
+from classifier.errors import CTRL_C_EXIT, SIGTERM_EXIT, RunInterrupted
 from classifier.evaluation import evaluate_and_report
+from classifier.rundir import check_writable, run_dir_lock
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, then evaluate the best checkpoint and write the run's reports; returns metrics.json's content."""
-    L.seed_everything(cfg.seed, workers=True)
+    """Fit, then evaluate the best checkpoint and write the run's reports; returns metrics.json's content
+    (empty under trainer.fast_dev_run, which writes no reports). The run directory is held for the
+    whole run: a second run there is refused."""
     output_dir = Path(cfg.paths.output_dir)
+    # Only the first process holds it: DDP's other ranks run this same function in the same dir.
+    holding = run_dir_lock(output_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext()
+    with holding:
+        return _train(cfg, output_dir)
+
+
+def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
+    L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg.data, pretrained_input_overrides(cfg.data, cfg.model))
     module = build_module(cfg, datamodule)
     config = run_config(cfg)
     metadata = RunMetadata(config, datamodule.class_names, datamodule.input_spec.to_dict())
-    trainer = build_trainer(cfg, extra_callbacks=[metadata])
+    on_interrupt = CheckpointOnInterrupt(output_dir / LAST)
+    trainer = build_trainer(cfg, extra_callbacks=[metadata, on_interrupt])
+    for callback in trainer.checkpoint_callbacks:
+        if getattr(callback, "dirpath", None):
+            check_writable(callback.dirpath, "checkpoints")
+    ckpt_path = resume_checkpoint(output_dir, cfg.get("resume", "auto"), cfg.get("ckpt_path"))
+    if ckpt_path:
+        check_resumable(
+            ckpt_path, output_dir, bool(cfg.get("ckpt_path")), datamodule.class_names, module.state_dict()
+        )
     for logger in trainer.loggers:
         logger.log_hyperparams(config)
-    ckpt_path = resume_checkpoint(output_dir, cfg.get("resume", "auto"), cfg.get("ckpt_path"))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    if trainer.interrupted:
-        raise UserError(
-            f"training interrupted; run the same command with hydra.run.dir={output_dir} to resume"
-        )
-    best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")
-    if best and Path(best).is_file():
-        module.load_state_dict(load_checkpoint(best)["state_dict"])
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        if trainer.fast_dev_run:
+            log.info("fast_dev_run: one batch of each split ran; no checkpoints or reports written")
+            return {}
+        best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")
+        if best and Path(best).is_file():
+            module.load_state_dict(load_checkpoint(best)["state_dict"])
+        else:
+            log.warning(
+                "no best checkpoint (checkpointing off or no validation): evaluating the final weights"
+            )
+            best = None
+        return evaluate_and_report(trainer, module, datamodule, output_dir, source=best)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # Lightning turns Ctrl-C into sys.exit(1) and SIGTERM into SIGTERMException (exit status 0),
+        # after the callbacks' on_exception: CheckpointOnInterrupt has saved what there was.
+        if not trainer.interrupted:
+            raise
+        raise _interrupted(exc, on_interrupt.saved, output_dir) from None
+
+
+def _interrupted(exc: BaseException, saved: str | None, output_dir: Path) -> RunInterrupted:
+    sigterm = isinstance(exc, SIGTERMException)
+    last = output_dir / LAST
+    if saved:
+        state = f"saved {last} ({saved})"
+    elif last.is_file():
+        state = f"{last} is kept"
     else:
-        log.warning("no best checkpoint (checkpointing off or no validation): evaluating the final weights")
-        best = None
-    return evaluate_and_report(trainer, module, datamodule, output_dir, source=best)
+        state = "no checkpoint yet"
+    signal_name = "SIGTERM" if sigterm else "Ctrl-C"
+    return RunInterrupted(
+        f"stopped by {signal_name}: {state}; resume with: {resume_command(output_dir)}",
+        SIGTERM_EXIT if sigterm else CTRL_C_EXIT,
+    )
+
+
+def resume_command(output_dir: Path) -> str:
+    """The command line that continues this run: its own overrides, in its own run directory."""
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    kept = [o for o in overrides if not o.startswith(("hydra.run.dir=", "resume=", "ckpt_path="))]
+    script = sys.argv[0]
+    program = ["python", script] if script.endswith(".py") else [os.path.basename(script)]
+    return shlex.join([*program, *kept, f"hydra.run.dir={output_dir}"])
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

@@ -1,16 +1,32 @@
-"""The root scripts as users run them: one readable error line for mistakes, files in the run dir."""
+"""The root scripts as users type them in bash: one readable error line for mistakes, answers to
+--help and typos before the heavy imports, a multirun with no extra flag, files in the run dir.
+(SIGTERM and kill -9 on the command line: test_resume.py.)"""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
+import time
 
-from conftest import REPO
+from conftest import REPO, write_image_folder
+
+QUIET = ["trainer.accelerator=cpu", "trainer.enable_model_summary=false"]
 
 
-def run_script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+def run_script(
+    *args: str, cwd=REPO, env: dict | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_a_mistake_ends_in_one_error_line_and_no_traceback(tmp_path):
@@ -26,14 +42,57 @@ def test_a_mistake_ends_in_one_error_line_and_no_traceback(tmp_path):
     assert "does not exist" in (tmp_path / "train.log").read_text()  # the run's log keeps it too
 
 
-def test_eval_script_writes_the_reports_into_its_run_dir(digits_run, tmp_path):
-    run_dir, metrics = digits_run
-    ckpt = run_dir / "checkpoints" / "best.ckpt"
+def test_help_and_typos_are_answered_before_torch_is_imported():
+    # -X importtime lists every module imported; the heavy ones must not be among them.
+    for args in (["--help"], ["modle=resnet18"], ["model=resnet"]):
+        started = time.monotonic()
+        result = run_script("-X", "importtime", "train.py", *args)
+        elapsed = time.monotonic() - started
+        imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+        assert not imported & {"torch", "lightning", "timm", "matplotlib"}, args
+        assert elapsed < 8, (args, elapsed)  # ~1-2 s on 2 cores; torch alone takes longer than this
+    assert "Could not find 'model/resnet'" in result.stderr + result.stdout
+
+
+def test_the_readme_multirun_and_eval_work_as_typed_from_any_folder(tmp_path):
+    """`python train.py -m ...` from a folder that is not the repository (sweep dirs relative to it),
+    `data.root=~/photos` unquoted, then `python eval.py ckpt_path=...` into outputs/eval/."""
+    home = tmp_path / "home"
+    write_image_folder(home / "photos", {"train": 6, "val": 2}, size=16)
+    short = ["trainer.max_epochs=1", "data.num_workers=0", *QUIET]
     result = run_script(
-        "eval.py", f"ckpt_path={ckpt}", "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path}"
+        str(REPO / "train.py"),
+        "-m",
+        "seed=1,2",
+        "data=imagefolder",
+        "data.root=~/photos",
+        *short,
+        cwd=tmp_path,
+        env={"HOME": str(home)},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    seeds = {}
+    for job in ("0", "1"):
+        config = (sweep / job / ".hydra" / "config.yaml").read_text()
+        seeds[job] = re.search(r"^seed: (\d+)$", config, re.M).group(1)
+        assert json.loads((sweep / job / "metrics.json").read_text())["val/top1"] >= 0
+        log = (sweep / job / "train.log").read_text()
+        assert "data: 3 classes; train 18, val 6 images" in log and "epoch 1/1 (" in log
+        assert "Tip:" not in log  # Lightning's adverts
+    assert seeds == {"0": "1", "1": "2"}
+
+    result = run_script(
+        str(REPO / "eval.py"),
+        f"ckpt_path={sweep / '0' / 'checkpoints' / 'best.ckpt'}",
+        *QUIET,
+        cwd=tmp_path,
+        env={"HOME": str(home)},
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    written = json.loads((tmp_path / "metrics.json").read_text())
-    assert abs(written["test/top1"] - metrics["test/top1"]) < 1e-6
-    assert (tmp_path / ".hydra" / "config.yaml").is_file()
-    assert (tmp_path / "report.txt").is_file() and (tmp_path / "confusion_matrix.png").is_file()
+    (eval_dir,) = (tmp_path / "outputs" / "eval").glob("*/*")
+    written = json.loads((eval_dir / "metrics.json").read_text())
+    trained = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert abs(written["val/top1"] - trained["val/top1"]) < 1e-6
+    assert (eval_dir / "report.txt").is_file() and (eval_dir / "confusion_matrix.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["eval", "multirun"]

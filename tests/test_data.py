@@ -118,8 +118,8 @@ def test_readable_images_are_decoded_once_until_they_change(tmp_path, monkeypatc
     assert list((tmp_path / "cache" / "classifier" / "readable-images").glob("*.json"))
 
     decoded = []
-    real_decode = verify._decode_error
-    monkeypatch.setattr(verify, "_decode_error", lambda path: decoded.append(path) or real_decode(path))
+    real_decode = verify._decode
+    monkeypatch.setattr(verify, "_decode", lambda path: decoded.append(path) or real_decode(path))
     assert len(folder_module(root).dataset("train")) == 12
     assert decoded == []  # all known readable: only stat() was needed
     changed = root / "train" / "cat" / "000.png"
@@ -213,7 +213,9 @@ def test_csv_resolves_paths_orders_numeric_labels_and_reports_mistakes(tmp_path)
     )
     assert dm.class_names == ["2", "9", "10"]
     assert len(dm.dataset("train")) == 9 and len(dm.dataset("val")) == 3
-    with pytest.raises(UserError, match=r"has no 'path' column \(columns: file, y\); set data.path_column"):
+    with pytest.raises(
+        UserError, match=r"has no 'path' column: split at ',', its header reads \['file', 'y'\]"
+    ):
         CSVDataModule(csv=str(root / "list.csv")).class_names
     with pytest.raises(UserError, match="data.csv=.*missing.csv does not exist"):
         CSVDataModule(csv=str(tmp_path / "missing.csv")).class_names

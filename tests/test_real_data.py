@@ -6,7 +6,10 @@ Looks for an extracted copy at $CIFAR10_JPG (default /tmp/cifar10-jpg), else ext
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -27,8 +30,15 @@ def cifar10_jpg(tmp_path_factory) -> Path:
     if not archive.is_file():
         pytest.skip(f"no CIFAR-10 JPEGs: set CIFAR10_JPG or provide {archive}")
     target = tmp_path_factory.mktemp("cifar10")
-    with tarfile.open(archive) as tar:
-        tar.extractall(target, filter="data")
+    # Files 0000-1999 of each class: 20,000 train and all 10,000 test images, more than the test
+    # trains on, and half as many to extract and check. tar is 5x faster than tarfile here.
+    subset = "cifar10-jpg/*/*/[01]???.jpg"
+    if shutil.which("tar"):
+        subprocess.run(["tar", "-xzf", str(archive), "-C", str(target), "--wildcards", subset], check=True)
+    else:
+        with tarfile.open(archive) as tar:
+            members = [m for m in tar.getmembers() if fnmatch.fnmatch(m.name, subset)]
+            tar.extractall(target, members=members, filter="data")
     return target / "cifar10-jpg"
 
 
@@ -38,12 +48,12 @@ def test_scratch_cnn_learns_real_cifar10_photos(cifar10_jpg, compose_train, tmp_
         f"data.root={cifar10_jpg}",
         "trainer.max_epochs=2",
         "trainer.limit_train_batches=60",
-        "trainer.limit_val_batches=10",
-        "trainer.limit_test_batches=20",
+        "trainer.limit_val_batches=6",
+        "trainer.limit_test_batches=12",
         "logger=csv",
     )
     metrics = train(cfg)
     # 15,360 training images seen; chance is 0.10
     assert metrics["val/top1"] > 0.35 and metrics["test/top1"] > 0.35
     report = (tmp_path / "run" / "report.txt").read_text()
-    assert "airplane" in report and "truck" in report and "split: test (2560 images)" in report
+    assert "airplane" in report and "truck" in report and "split: test (1536 images)" in report

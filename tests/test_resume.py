@@ -68,35 +68,61 @@ def test_rng_states_in_checkpoints_round_trip(compose_train, tmp_path):
     assert draw() == draw()
 
 
-def test_kill_9_then_the_same_command_resumes_and_finishes(tmp_path):
+def wait_for(condition, process: subprocess.Popen, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert condition(), "the run ended or timed out first"
+
+
+def test_sigterm_then_kill_9_then_the_printed_command_finishes_the_run(tmp_path):
+    """SIGTERM (schedulers, docker stop): last.ckpt saved, exit 143, a resume command printed. That
+    command, killed with -9 mid-run, leaves a loadable last.ckpt; run again, it finishes."""
     command = [
-        sys.executable,
         "train.py",
         f"hydra.run.dir={tmp_path}",
-        "trainer.max_epochs=5",
-        "trainer.limit_train_batches=6",
+        "trainer.max_epochs=4",
+        "trainer.limit_train_batches=8",
         "trainer.accelerator=cpu",
-        "trainer.enable_progress_bar=false",
         "logger=csv",
     ]
     last = tmp_path / "checkpoints" / "last.ckpt"
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, *command], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
-        deadline = time.monotonic() + 180
-        while not last.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert last.exists(), "the first run wrote no last.ckpt"
-        time.sleep(0.5)  # let it get into the next epoch, maybe into the next checkpoint write
+        wait_for(last.exists, process)
+        time.sleep(0.3)  # into the next epoch
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 143, output[-3000:]
+    assert "Traceback" not in output
+    (error,) = [line for line in output.splitlines() if "[ERROR]" in line]
+    assert "stopped by SIGTERM" in error
+    stopped_at = last_checkpoint(tmp_path)["global_step"]
+    assert 8 <= stopped_at < 32
+    resume = error.split("resume with: ", 1)[1].split()
+    assert resume[:2] == ["python", "train.py"] and resume[-1] == f"hydra.run.dir={tmp_path}"
+
+    written = last.stat().st_mtime_ns
+    process = subprocess.Popen([sys.executable, *resume[1:]], cwd=REPO, stdout=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: last.stat().st_mtime_ns != written, process)
+        time.sleep(0.3)  # maybe into the next checkpoint write
         process.send_signal(signal.SIGKILL)
         process.wait()
     finally:
         process.kill()
-    killed_at = last_checkpoint(tmp_path)["epoch"]
-    assert killed_at < 4, "the run finished before it was killed"
+    killed_at = last_checkpoint(tmp_path)["global_step"]  # loadable: written atomically
+    assert stopped_at < killed_at < 32, "the run finished before it was killed"
 
-    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        [sys.executable, *resume[1:]], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert f"resuming at epoch {killed_at + 1}" in rerun.stdout + rerun.stderr
+    assert "resuming at epoch" in rerun.stdout + rerun.stderr
     final = last_checkpoint(tmp_path)
-    assert final["epoch"] == 4 and final["global_step"] == 5 * 6
+    assert final["epoch"] == 3 and final["global_step"] == 4 * 8
     assert (tmp_path / "metrics.json").is_file()

@@ -15,13 +15,15 @@ from sklearn.model_selection import train_test_split
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from classifier.data.numeric import to_number, to_numbers
 from classifier.data.transforms import (
     DEFAULT_CROP_PCT,
+    DEFAULT_CROP_SCALE,
     PHOTO_SIDE,
-    SMALL_IMAGE_MAX_SIDE,
     InputSpec,
     create_eval_transform,
     create_train_transform,
+    is_small,
 )
 from classifier.errors import UserError
 
@@ -106,33 +108,48 @@ class ClassificationDataModule(L.LightningDataModule):
         crop_pct: float | None = None,
         interpolation: str = "bilinear",
         train_crop: str = "auto",
-        crop_scale: Sequence[float] = (0.25, 1.0),
+        crop_scale: Sequence[float] = DEFAULT_CROP_SCALE,
         hflip: bool = True,
         val_split: float = 0.1,
         split_seed: int = 0,
         on_bad_image: str = "skip",
     ):
         super().__init__()
-        if int(batch_size) < 1:
+        self.batch_size = to_number(batch_size, "data.batch_size", int)
+        if self.batch_size < 1:
             raise UserError(f"data.batch_size={batch_size} must be at least 1")
-        if not 0 <= val_split < 1:
+        self._num_workers = None if num_workers is None else to_number(num_workers, "data.num_workers", int)
+        if self._num_workers is not None and self._num_workers < 0:
+            raise UserError(f"data.num_workers={num_workers} must be 0 or more (null: one per core)")
+        self.val_split = to_number(val_split, "data.val_split")
+        if not 0 <= self.val_split < 1:
             raise UserError(f"data.val_split={val_split} must be in [0, 1)")
-        img_size = img_size or self.native_img_size
-        self.input_spec = InputSpec(
-            img_size=img_size,
-            mean=tuple(mean or IMAGENET_DEFAULT_MEAN),
-            std=tuple(std or IMAGENET_DEFAULT_STD),
-            crop_pct=crop_pct or (1.0 if img_size <= SMALL_IMAGE_MAX_SIDE else DEFAULT_CROP_PCT),
-            interpolation=interpolation,
-        )
-        self.batch_size = int(batch_size)
-        self._num_workers = num_workers
+        self.split_seed = to_number(split_seed, "data.split_seed", int)
+        self.input_spec = self._input_spec(img_size, mean, std, crop_pct, interpolation)
+        crop_scale = to_numbers(crop_scale, "data.crop_scale", 2)
         self.train_transform = create_train_transform(self.input_spec, train_crop, crop_scale, hflip)
         self.eval_transform = create_eval_transform(self.input_spec)
-        self.val_split = float(val_split)
-        self.split_seed = int(split_seed)
         self.on_bad_image = on_bad_image
         self._datasets: dict[str, Dataset] | None = None
+
+    def _input_spec(
+        self,
+        img_size: object,
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
+        crop_pct: object,
+        interpolation: str,
+    ) -> InputSpec:
+        side = self.native_img_size if img_size is None else to_number(img_size, "data.img_size", int)
+        if crop_pct is None:
+            crop_pct = 1.0 if is_small(side) else DEFAULT_CROP_PCT
+        return InputSpec(
+            img_size=side,
+            mean=IMAGENET_DEFAULT_MEAN if mean is None else to_numbers(mean, "data.mean", 3),
+            std=IMAGENET_DEFAULT_STD if std is None else to_numbers(std, "data.std", 3),
+            crop_pct=to_number(crop_pct, "data.crop_pct"),
+            interpolation=interpolation,
+        )
 
     # -- to implement ---------------------------------------------------------------------------
     @cached_property
@@ -152,7 +169,7 @@ class ClassificationDataModule(L.LightningDataModule):
         # Data in memory needs no decoding, so worker processes would only add start-up and copies.
         if self._num_workers is None:
             return 0 if self.in_memory else default_num_workers()
-        return int(self._num_workers)
+        return self._num_workers
 
     @property
     def has_test(self) -> bool:

@@ -15,6 +15,7 @@ from classifier.data.base import ClassificationDataModule, Splits
 from classifier.data.folder import find_class_names, is_image_folder_tree, read_image_folder
 from classifier.data.memory import TensorImageDataset
 from classifier.errors import UserError
+from classifier.paths import expand_path
 
 
 def _unpickle(path: Path) -> dict:
@@ -32,7 +33,7 @@ class _CIFARDataModule(ClassificationDataModule):
 
     def __init__(self, root: str, download: bool = True, **kwargs):
         super().__init__(**kwargs)
-        self.root = Path(root).expanduser()
+        self.root = expand_path(root)
         self.download = download
 
     @property

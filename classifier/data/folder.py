@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 from functools import cached_property
 from pathlib import Path
 
 from classifier.data.base import ClassificationDataModule, Splits
-from classifier.data.images import (
-    ImageFileDataset,
-    has_image_files,
-    is_ignored,
-    iter_image_files,
-    largest_side,
-)
-from classifier.data.transforms import native_side
-from classifier.data.verify import drop_unreadable
+from classifier.data.images import ImageFileDataset, has_image_files, is_ignored, iter_image_files
+from classifier.data.sizing import infer_input_side
+from classifier.data.verify import checked_dataset
 from classifier.errors import UserError
+from classifier.paths import expand_path
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +19,7 @@ log = logging.getLogger(__name__)
 def existing_root(root: str | Path | None, key: str = "data.root") -> Path:
     if root is None or str(root) in ("", "???"):
         raise UserError(f"{key} is not set: point it at your data, e.g. {key}=/path/to/images")
-    path = Path(root).expanduser()
+    path = expand_path(root)
     if not path.exists():
         raise UserError(f"{key}={root} does not exist (looked for {path.resolve()})")
     return path
@@ -40,7 +34,7 @@ def train_dir_of(root: Path) -> Path:
     """root/train, or root itself when it holds class folders directly (then val comes from val_split)."""
     if is_image_folder_tree(root):
         return root / "train"
-    if root.is_dir() and any(has_image_files(d) for d in class_dirs(root)):
+    if root.is_dir() and any(has_image_files(d, tree=root) for d in class_dirs(root)):
         log.info("%s has no train/ folder: using its class folders as the training split", root)
         return root
     raise UserError(
@@ -61,7 +55,7 @@ def find_class_names(train_dir: Path) -> list[str]:
     dirs = class_dirs(train_dir)
     if not dirs:
         raise UserError(f"{train_dir} has no class folders (expected {train_dir}/<class>/<image>)")
-    empty = [str(d) for d in dirs if not has_image_files(d)]
+    empty = [str(d) for d in dirs if not has_image_files(d, tree=train_dir)]
     if empty:
         raise UserError(f"class folder(s) with no images: {', '.join(empty)}")
     return [d.name for d in dirs]
@@ -78,11 +72,28 @@ def read_split(split_dir: Path, class_names: list[str], on_bad_image: str) -> Im
     unknown = [d.name for d in dirs if d.name not in index]
     if unknown:
         raise UserError(f"{split_dir} has class folder(s) not in the training classes: {', '.join(unknown)}")
-    samples = [(path, index[d.name]) for d in dirs for path in iter_image_files(d)]
-    samples = drop_unreadable(samples, on_bad_image, split_dir)
-    if not samples:
+    skipped_links: list[tuple[Path, Path]] = []
+    samples = [(path, index[d.name]) for d in dirs for path in iter_image_files(d, split_dir, skipped_links)]
+    if skipped_links:
+        warn_skipped_links(split_dir, skipped_links, len(samples))
+    dataset = checked_dataset(samples, on_bad_image, split_dir)
+    if not len(dataset):
         raise UserError(f"{split_dir} has no readable images")
-    return ImageFileDataset(samples)
+    return dataset
+
+
+def warn_skipped_links(split_dir: Path, links: list[tuple[Path, Path]], found: int, shown: int = 10) -> None:
+    listing = ", ".join(f"{link} -> {target}" for link, target in links[:shown])
+    more = f" and {len(links) - shown} more" if len(links) > shown else ""
+    log.warning(
+        "%s: not following %d symlinked folder(s) that lead back into the split, its parents or a folder"
+        " already read (a loop, or the same images again under another class): %s%s; %d image files found",
+        split_dir,
+        len(links),
+        listing,
+        more,
+        found,
+    )
 
 
 def read_image_folder(root: Path, train_dir: Path, class_names: list[str], on_bad_image: str) -> Splits:
@@ -104,17 +115,20 @@ class ImageFolderDataModule(ClassificationDataModule):
 
     @property
     def native_img_size(self) -> int:
-        return native_side(largest_side(itertools.islice(iter_image_files(self.train_dir), 32)))
+        train_dir = self.train_dir
+        return infer_input_side(list(iter_image_files(train_dir)), f"in {train_dir}", relative_to=train_dir)
+
+    @cached_property
+    def root_dir(self) -> Path:
+        return existing_root(self.root)
 
     @cached_property
     def train_dir(self) -> Path:
-        return train_dir_of(existing_root(self.root))
+        return train_dir_of(self.root_dir)
 
     @cached_property
     def class_names(self) -> list[str]:
         return find_class_names(self.train_dir)
 
     def load_splits(self) -> Splits:
-        return read_image_folder(
-            Path(self.root).expanduser(), self.train_dir, self.class_names, self.on_bad_image
-        )
+        return read_image_folder(self.root_dir, self.train_dir, self.class_names, self.on_bad_image)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,27 +42,78 @@ def is_image_file(path: str | Path) -> bool:
     return not is_ignored(name) and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def iter_image_files(folder: Path) -> Iterator[Path]:
-    """Image files under `folder`, recursively and sorted; hidden folders and non-image files are ignored."""
+def iter_image_files(
+    folder: Path, tree: Path | None = None, skipped_links: list[tuple[Path, Path]] | None = None
+) -> Iterator[Path]:
+    """Image files under `folder`, recursively and sorted; hidden folders and non-image files are ignored.
+
+    Symlinked files are read, and so are symlinked folders, except those that lead into `tree` (the
+    split folder; default `folder`), into a folder this walk has entered, or to an ancestor of
+    either: those would read images again under another class, or loop for ever. Each one skipped is
+    appended to `skipped_links` as (link, real target).
+    """
+    entered = [os.path.realpath(tree or folder), os.path.realpath(folder)]
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
+        dirnames[:] = [
+            name
+            for name in sorted(dirnames)
+            if not is_ignored(name) and _may_enter(dirpath, name, entered, skipped_links)
+        ]
         yield from (Path(dirpath, f) for f in sorted(filenames) if is_image_file(f))
 
 
-def has_image_files(folder: Path) -> bool:
-    return next(iter_image_files(folder), None) is not None
+def _may_enter(dirpath: str, name: str, entered: list[str], skipped_links: list | None) -> bool:
+    path = os.path.join(dirpath, name)
+    if not os.path.islink(path):
+        return True
+    target = os.path.realpath(path)
+    if any(_nested(target, folder) for folder in entered):
+        if skipped_links is not None:
+            # Where the link really is: the path walked to it may run through other links.
+            skipped_links.append((Path(os.path.realpath(dirpath), name), Path(target)))
+        return False
+    entered.append(target)
+    return True
 
 
-def largest_side(paths: Iterable[str | Path]) -> int | None:
-    """The longest image side among `paths`, read from file headers only (unreadable files skipped)."""
-    sides = []
-    for path in paths:
-        try:
-            with Image.open(path) as img:
-                sides.append(max(img.size))
-        except Exception:  # broken files are reported when the split is read
-            continue
-    return max(sides, default=None)
+def _nested(a: str, b: str) -> bool:
+    """Whether real paths `a` and `b` are the same folder or one lies inside the other."""
+    return os.path.commonpath([a, b]) in (a, b)
+
+
+def has_image_files(folder: Path, tree: Path | None = None) -> bool:
+    return next(iter_image_files(folder, tree), None) is not None
+
+
+@contextmanager
+def quiet_decompression_bomb_warnings() -> Iterator[None]:
+    """Silence PIL's DecompressionBombWarning, which names no file; verify.check_images names each
+    large image instead. Warning filters are process-wide and catch_warnings is not thread-safe:
+    enter this in the thread that starts any decoding threads, around all of them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+def exceeds_pixel_warning_limit(size: tuple[int, int]) -> bool:
+    """Whether PIL warns about an image of `size` as a possible decompression bomb (it refuses twice
+    that). Read at each call: users and tests may change Image.MAX_IMAGE_PIXELS."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return limit is not None and size[0] * size[1] > limit
+
+
+def image_sides(paths: Iterable[Path]) -> dict[Path, int]:
+    """The longest side of each readable image of `paths`, from file headers only. Unreadable files,
+    decompression bombs included, are left out: they are reported when their split is checked."""
+    sides = {}
+    with quiet_decompression_bomb_warnings():
+        for path in paths:
+            try:
+                with Image.open(path) as img:
+                    sides[path] = max(img.size)
+            except Exception:  # PIL raises many types for corrupt data; all mean "unreadable"
+                continue
+    return sides
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -96,11 +149,17 @@ def load_rgb(path: str | Path) -> Image.Image:
 
 
 class ImageFileDataset(torch.utils.data.Dataset):
-    """(RGB image, label) pairs read from files; `targets` lists the labels without reading any file."""
+    """(RGB image, label) pairs read from files; `targets` lists the labels without reading any file.
 
-    def __init__(self, samples: Iterable[tuple[str | Path, int]]):
+    `large` holds the files already reported as over PIL's pixel warning limit: only those are read
+    with its anonymous warning silenced, because every catch_warnings resets Python's record of
+    warnings already shown, so wrapping every read would repeat other warnings at each step.
+    """
+
+    def __init__(self, samples: Iterable[tuple[str | Path, int]], large: Iterable[str | Path] = ()):
         self.samples = [(str(path), int(label)) for path, label in samples]
         self.targets = [label for _, label in self.samples]
+        self.large = frozenset(map(str, large))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -108,6 +167,9 @@ class ImageFileDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         path, label = self.samples[index]
         try:
+            if path in self.large:
+                with quiet_decompression_bomb_warnings():
+                    return load_rgb(path), label
             return load_rgb(path), label
         except Exception as exc:
             raise UserError(f"cannot read image {path}: {exc}") from exc

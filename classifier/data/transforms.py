@@ -16,12 +16,20 @@ TRAIN_CROPS = ("auto", "pad", "resized")
 # folders); larger ones at PHOTO_SIDE with random-resized crops.
 SMALL_IMAGE_MAX_SIDE = 64
 PHOTO_SIDE = 224
+MIN_SIDE = 8  # below this, a few conv strides leave nothing to classify
 DEFAULT_CROP_PCT = 0.875  # photos: eval on the centre 87.5% (ImageNet convention)
+# Area range of random-resized crops: milder than ImageNet-from-scratch's 0.08, for short fine-tunes.
+DEFAULT_CROP_SCALE = (0.25, 1.0)
 
 
-def native_side(largest: int | None) -> int:
-    """The input side for images whose longest side is `largest` (None: unknown)."""
-    return largest if largest and largest <= SMALL_IMAGE_MAX_SIDE else PHOTO_SIDE
+def is_small(side: int) -> bool:
+    """Whether images of this side train at their own size (pad-and-crop, no eval crop)."""
+    return side <= SMALL_IMAGE_MAX_SIDE
+
+
+def native_side(typical: int | None) -> int:
+    """The input side for images whose longest side is typically `typical` (None: unknown)."""
+    return typical if typical and is_small(typical) else PHOTO_SIDE
 
 
 @dataclass(frozen=True)
@@ -35,8 +43,8 @@ class InputSpec:
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
-        if int(self.img_size) < 8:
-            raise UserError(f"data.img_size={self.img_size} is too small: use 8 pixels or more")
+        if int(self.img_size) < MIN_SIDE:
+            raise UserError(f"data.img_size={self.img_size} is too small: use {MIN_SIDE} pixels or more")
         if not 0 < self.crop_pct <= 1:
             raise UserError(f"data.crop_pct={self.crop_pct} must be in (0, 1]")
         if len(self.mean) != 3 or len(self.std) != 3:
@@ -64,7 +72,7 @@ def _to_normalized_float(spec: InputSpec) -> list[v2.Transform]:
 def create_train_transform(
     spec: InputSpec,
     crop: str = "auto",
-    crop_scale: Sequence[float] = (0.08, 1.0),
+    crop_scale: Sequence[float] = DEFAULT_CROP_SCALE,
     hflip: bool = True,
 ) -> v2.Compose:
     """Random crop (pad-and-crop for small images, random-resized crop for photos; 'auto' picks by
@@ -75,7 +83,7 @@ def create_train_transform(
     """
     size, interpolation = spec.img_size, _interpolation(spec.interpolation)
     if crop == "auto":
-        crop = "pad" if size <= SMALL_IMAGE_MAX_SIDE else "resized"
+        crop = "pad" if is_small(size) else "resized"
     if crop == "pad":
         # Resize is a no-op when images already have the side length (CIFAR at 32 px).
         steps = [

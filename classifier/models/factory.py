@@ -90,10 +90,13 @@ def create_model(
         if img_size and _takes_img_size(name):
             kwargs["img_size"] = img_size
         model = _create_timm_model(name, num_classes, pretrained, kwargs)
-    new_head = bool(weights) and load_local_weights(model, weights)
-    if pretrained:
+    if weights:
+        new_head = load_local_weights(model, weights)
+    elif pretrained:
         cfg = get_pretrained_cfg(name)
         new_head = cfg is None or cfg.num_classes != num_classes
+    else:
+        new_head = False
     if new_head:
         zero_init_head(model)
     return model

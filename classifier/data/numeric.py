@@ -1,0 +1,41 @@
+"""Numeric config values, as Hydra passes them from a command line (32, '32', 'abc'), converted or
+refused in one line that names the key."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from classifier.errors import UserError
+
+
+def to_number(value: object, key: str, kind: type[int] | type[float] = float) -> int | float:
+    """`value` as `kind`; an int accepts whole floats (32.0) but not 2.5, and neither accepts bools.
+
+    Raises:
+        UserError: `value` is not a number of that kind, naming `key`.
+    """
+    try:
+        if not isinstance(value, bool):
+            return _to_int(value) if kind is int else float(value)
+    except (TypeError, ValueError):
+        pass
+    raise UserError(f"{key}={value!r} is not {'an integer' if kind is int else 'a number'}")
+
+
+def to_numbers(values: object, key: str, count: int) -> tuple[float, ...]:
+    """`values` as `count` floats; items are named as key[i] when one is not a number.
+
+    Raises:
+        UserError: `values` is not a list of `count` numbers.
+    """
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence) or len(values) != count:
+        raise UserError(f"{key}={values!r} must be a list of {count} numbers")
+    return tuple(to_number(value, f"{key}[{i}]") for i, value in enumerate(values))
+
+
+def _to_int(value: object) -> int:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int | str):
+        return int(value)  # int('2.5') raises, as it should
+    raise TypeError(type(value).__name__)

@@ -1,0 +1,378 @@
+"""Trust: checkpoints that cannot run code, files with the user's mode, one run per directory,
+interrupts that save and say how to resume, re-runs on a damaged or foreign run directory, a
+best checkpoint that survives moves, and one-line answers for bad trainer / optimizer values."""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import os
+import shutil
+import signal
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from conftest import write_image_folder
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from classifier.atomic import write_atomically
+from classifier.builders import load_run
+from classifier.callbacks import CompactProgressBar, RunCheckpoint
+from classifier.console import DropAdverts
+from classifier.errors import CTRL_C_EXIT, SIGTERM_EXIT, RunInterrupted, UserError
+from classifier.rundir import run_dir_lock
+from classifier.training import train
+
+SHORT = [
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "data.batch_size=32",
+    "logger=csv",
+]
+
+
+class StopAt(L.Callback):
+    """Interrupts training after batch `batch` (0-based) of epoch `epoch`: with Ctrl-C (a
+    KeyboardInterrupt, as Python raises on SIGINT) or a real SIGTERM sent to this process."""
+
+    def __init__(self, epoch: int, batch: int, how: str):
+        self.epoch, self.batch, self.how = epoch, batch, how
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) != (self.epoch, self.batch):
+            return
+        if self.how == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler stops before the next batch
+        else:
+            raise KeyboardInterrupt
+
+
+def last_checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+# -- checkpoints are data ----------------------------------------------------------------------
+
+
+def tampered_checkpoint(digits_run, tmp_path: Path, edit) -> Path:
+    run_dir, _ = digits_run
+    checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    edit(checkpoint["classifier"]["config"])
+    path = tmp_path / "tampered.ckpt"
+    torch.save(checkpoint, path)
+    torch.load(path, weights_only=True)  # still a clean weights_only file
+    return path
+
+
+def _touch(marker: Path) -> dict:
+    # A callable that leaves a trace when called: pathlib.Path.touch(self=marker).
+    return {"_target_": "pathlib.Path.touch", "self": str(marker)}
+
+
+@pytest.mark.parametrize(
+    "section, edit, refused",
+    [
+        (
+            "data",
+            lambda cfg, marker: cfg.update(data=_touch(marker)),
+            "data: its _target_ 'pathlib.Path.touch'",
+        ),
+        (
+            "model",
+            lambda cfg, marker: cfg["model"].update(_target_="pathlib.Path.touch", self=str(marker)),
+            "model",
+        ),
+        (
+            "module",
+            lambda cfg, marker: cfg.update(
+                module={"_target_": "torch.load", "f": str(marker), "weights_only": False}
+            ),
+            "module: its _target_ 'torch.load'",
+        ),
+        (
+            "nested",
+            lambda cfg, marker: cfg["data"].update(on_bad_image=_touch(marker)),
+            "on_bad_image._target_",
+        ),
+        ("partial", lambda cfg, marker: cfg["model"].update(_partial_=True), "model: it asks for _partial_"),
+    ],
+)
+def test_a_checkpoint_cannot_make_eval_call_other_code(digits_run, tmp_path, section, edit, refused):
+    marker = tmp_path / "code-ran"
+    path = tampered_checkpoint(digits_run, tmp_path, lambda cfg: edit(cfg, marker))
+    with pytest.raises(UserError, match="refused to rebuild the checkpoint's") as error:
+        load_run(str(path))
+    assert refused in str(error.value)
+    assert "\n" not in str(error.value)
+    assert not marker.exists()
+
+
+def test_an_untampered_checkpoint_still_rebuilds(digits_run):
+    run_dir, _ = digits_run
+    module, datamodule = load_run(str(run_dir / "checkpoints" / "best.ckpt"))
+    assert module.class_names == [str(d) for d in range(10)] and datamodule.num_classes == 10
+
+
+# -- files a run writes ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomically_written_files_follow_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        write_atomically(b"{}", tmp_path / "metrics.json")
+        ordinary = tmp_path / "ordinary.txt"
+        ordinary.write_text("x")
+    finally:
+        os.umask(old)
+    assert (
+        (tmp_path / "metrics.json").stat().st_mode & 0o777
+        == ordinary.stat().st_mode & 0o777
+        == 0o666 & ~umask
+    )
+
+
+def test_the_tensorboard_events_hold_the_confusion_matrix_when_train_returns(compose_train, tmp_path):
+    train(compose_train(*SHORT[:-1], "trainer.max_epochs=1"))
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert "test/confusion_matrix" in events.Tags()["images"]
+
+
+def test_debug_fdr_writes_no_reports_and_leaves_other_libraries_at_warning(compose_train, tmp_path):
+    cfg = compose_train("debug=fdr")
+    assert train(cfg) == {}
+    run_dir = tmp_path / "run"
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "checkpoints" / "last.ckpt").exists()
+    # Apply the logging config Hydra would apply for `python train.py debug=fdr`, then restore.
+    job_logging = OmegaConf.to_container(cfg.hydra.job_logging, resolve=True)
+    root, saved = (
+        logging.getLogger(),
+        {name: logging.getLogger(name).level for name in ("classifier", "lightning")},
+    )
+    handlers, level = root.handlers[:], root.level
+    try:
+        logging.config.dictConfig(job_logging)
+        assert logging.getLogger("matplotlib.font_manager").getEffectiveLevel() == logging.WARNING
+        assert logging.getLogger("PIL.PngImagePlugin").getEffectiveLevel() == logging.WARNING
+        assert logging.getLogger("classifier.data.base").getEffectiveLevel() == logging.DEBUG
+        assert logging.getLogger("lightning.pytorch.trainer").getEffectiveLevel() == logging.INFO
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:], root.level = handlers, level
+        for name, old in saved.items():
+            logging.getLogger(name).setLevel(old)
+
+
+# -- the run directory -------------------------------------------------------------------------
+
+
+def test_a_second_run_in_a_busy_run_dir_is_refused(compose_train, tmp_path):
+    with run_dir_lock(tmp_path / "run"), pytest.raises(UserError, match="is in use by another run \\(pid "):
+        train(compose_train(*SHORT, "trainer.max_epochs=1"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    train(compose_train(*SHORT, "trainer.max_epochs=1"))  # free again once the holder is gone
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_an_unwritable_checkpoint_folder_fails_before_training(compose_train, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")  # a file where a folder should be: fails for root too, unlike chmod
+    cfg = compose_train(
+        *SHORT,
+        f"callbacks.model_checkpoint.dirpath={blocker}/checkpoints",
+        f"callbacks.last_checkpoint.dirpath={blocker}/checkpoints",
+    )
+    with pytest.raises(UserError, match=f"cannot write checkpoints to {blocker}/checkpoints"):
+        train(cfg)
+    assert not (tmp_path / "run" / "csv" / "metrics.csv").exists()  # no epoch ran
+
+
+@pytest.fixture
+def short_run(compose_train, tmp_path) -> Path:
+    """A finished 2-epoch run: its run directory."""
+    train(compose_train(*SHORT, "trainer.max_epochs=2"))
+    return tmp_path / "run"
+
+
+def test_an_unreadable_last_checkpoint_says_what_to_do(compose_train, short_run):
+    last = short_run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated, as by a full disk
+    with pytest.raises(UserError) as error:
+        train(compose_train(*SHORT, "trainer.max_epochs=3"))
+    message = str(error.value)
+    assert message.startswith(f"{last} is not a readable checkpoint")
+    assert "resume=false" in message and f"ckpt_path={short_run / 'checkpoints' / 'best.ckpt'}" in message
+
+    torch.save({"state_dict": {}}, last)  # a foreign checkpoint
+    with pytest.raises(UserError, match="not a checkpoint written by train.py.*resume=false"):
+        train(compose_train(*SHORT, "trainer.max_epochs=3"))
+
+    train(compose_train(*SHORT, "trainer.max_epochs=1", "resume=false"))  # the way out it names
+    assert last_checkpoint(short_run)["global_step"] == 4
+
+
+def test_rerunning_a_run_dir_with_other_data_or_model_is_refused(compose_train, short_run, tmp_path):
+    root = write_image_folder(tmp_path / "pets", {"train": 6, "val": 2})
+    other_data = ["data=imagefolder", f"data.root={root}", "data.img_size=32", "data.num_workers=0"]
+    with pytest.raises(
+        UserError, match="holds a run on other data \\(10 classes: 0, 1, 2, 3, 4, ...; this run"
+    ):
+        train(compose_train(*SHORT, *other_data, "trainer.max_epochs=3"))
+    with pytest.raises(UserError, match="holds a run of another model configuration"):
+        train(compose_train(*SHORT, "model.width=8", "trainer.max_epochs=3"))
+
+
+def test_a_moved_run_dir_keeps_its_best_checkpoint_record(compose_train, short_run, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.move(short_run, moved)
+    train(compose_train(*SHORT, "trainer.max_epochs=3", output_dir=moved))
+    state = next(v for k, v in last_checkpoint(moved)["callbacks"].items() if "val/top1" in k)
+    assert state["dirpath"] == str(moved / "checkpoints")
+    assert state["best_model_path"] == str(moved / "checkpoints" / "best.ckpt")
+    assert list(state["best_k_models"]) == [str(moved / "checkpoints" / "best.ckpt")]
+    best = torch.load(moved / "checkpoints" / "best.ckpt", weights_only=True)
+    assert float(state["best_model_score"]) == pytest.approx(
+        float(best["state_dict"]["val_top1_best.max_value"])
+    )
+
+
+def _checkpoint_state(dirpath: Path, score: float) -> dict:
+    best = str(dirpath / "best.ckpt")
+    return {
+        "monitor": "val/top1",
+        "best_model_score": torch.tensor(score),
+        "best_model_path": best,
+        "current_score": torch.tensor(score),
+        "dirpath": str(dirpath),
+        "best_k_models": {best: torch.tensor(score)},
+        "kth_best_model_path": best,
+        "kth_value": torch.tensor(score),
+        "last_model_path": "",
+    }
+
+
+def test_the_best_score_survives_a_copied_run_dir_and_a_worse_epoch_does_not_replace_it(tmp_path):
+    trainer = SimpleNamespace(strategy=SimpleNamespace(reduce_boolean_decision=bool))
+    copy = tmp_path / "copy" / "checkpoints"
+    copy.mkdir(parents=True)
+    (copy / "best.ckpt").write_bytes(b"")
+    callback = RunCheckpoint(dirpath=str(copy), filename="best", monitor="val/top1", mode="max")
+    callback.load_state_dict(_checkpoint_state(tmp_path / "original" / "checkpoints", 0.9))
+    assert callback.best_model_path == str(copy / "best.ckpt")
+    assert float(callback.best_model_score) == pytest.approx(0.9)
+    assert not callback.check_monitor_top_k(trainer, torch.tensor(0.5))  # worse: best.ckpt stays
+    assert callback.check_monitor_top_k(trainer, torch.tensor(0.95))
+
+
+def test_a_deleted_best_checkpoint_is_reported_and_the_record_restarts(tmp_path, caplog):
+    folder = tmp_path / "checkpoints"
+    callback = RunCheckpoint(dirpath=str(folder), filename="best", monitor="val/top1", mode="max")
+    with caplog.at_level(logging.WARNING, logger="classifier"):
+        callback.load_state_dict(_checkpoint_state(folder, 0.9))
+    assert f"{folder / 'best.ckpt'} (val/top1=0.9000) is missing" in caplog.text
+    assert callback.best_model_score is None and callback.best_k_models == {}
+
+
+# -- interrupts --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def restore_sigint():
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT once it handled Ctrl-C
+    yield
+    signal.signal(signal.SIGINT, handler)
+
+
+@pytest.mark.parametrize("how, status", [("sigterm", SIGTERM_EXIT), ("ctrl-c", CTRL_C_EXIT)])
+def test_an_interrupt_saves_last_ckpt_mid_epoch_and_the_same_command_resumes(
+    compose_train, tmp_path, restore_sigint, how, status
+):
+    run_dir = tmp_path / "run"
+    stop = [
+        "+callbacks.stop._target_=test_trust.StopAt",
+        "+callbacks.stop.epoch=1",
+        "+callbacks.stop.batch=2",
+    ]
+    with pytest.raises(RunInterrupted) as stopped:
+        # Stop after the 3rd batch of the 2nd epoch: 4 + 3 optimizer steps done.
+        train(compose_train(*SHORT, "trainer.max_epochs=3", *stop, f"+callbacks.stop.how={how}"))
+    message = str(stopped.value)
+    assert stopped.value.exit_status == status
+    assert f"saved {run_dir / 'checkpoints' / 'last.ckpt'} (epoch 2, global step 7)" in message
+    assert message.endswith(f"hydra.run.dir={run_dir}")
+    saved = last_checkpoint(run_dir)
+    assert (saved["epoch"], saved["global_step"]) == (1, 7)
+
+    metrics = train(compose_train(*SHORT, "trainer.max_epochs=3"))
+    final = last_checkpoint(run_dir)
+    assert (final["epoch"], final["global_step"]) == (2, 12)  # the remaining 1 + 4 steps, no more
+    assert metrics["val/top1"] > 0
+
+
+def test_the_progress_bar_shows_a_short_set_and_each_epoch_gets_a_summary_line(compose_train, caplog):
+    trainer = SimpleNamespace(
+        progress_bar_metrics={
+            "train/loss": 0.5,
+            "train/top1": 0.8,
+            "val/top1": 0.7,
+            "val/ece": 0.1,
+            "val/loss": 1,
+        }
+    )
+    assert CompactProgressBar().get_metrics(trainer, None) == {"loss": 0.5, "acc": 0.8, "val_acc": 0.7}
+    with caplog.at_level(logging.INFO, logger="classifier"):
+        train(compose_train(*SHORT, "trainer.max_epochs=2"))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [line.split(" ", 2)[1] for line in lines] == ["1/2", "2/2"]
+    for key in ("train/loss=", "train/top1=", "val/loss=", "val/top1=", "val/top5=", "val/ece=", "images/s"):
+        assert key in lines[-1]
+
+
+def test_lightning_adverts_are_dropped_and_its_other_lines_kept():
+    def record(name, message):
+        return logging.LogRecord(name, logging.INFO, __file__, 1, message, None, None)
+
+    advert = "💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger]"
+    assert not DropAdverts().filter(record("lightning.pytorch.utilities.rank_zero", advert))
+    assert DropAdverts().filter(record("lightning.pytorch.utilities.rank_zero", "GPU available: False"))
+
+
+# -- one line for bad trainer / optimizer values -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.max_epochs=-1", "trainer.max_epochs=-1 and trainer.max_steps=-1 train without end"),
+        ("trainer.max_epochs=-2", "trainer: `max_epochs` must be a non-negative integer or -1"),
+        ("optimizer.lr=-1", "optimizer: Invalid learning rate: -1"),
+        ("trainer.precision=17", "trainer: Precision 17 is invalid"),
+        ("ckpt_path=/no/such.ckpt", "ckpt_path=/no/such.ckpt does not exist"),
+    ],
+)
+def test_bad_trainer_and_optimizer_values_end_in_one_line(compose_train, override, message):
+    with pytest.raises(UserError) as error:
+        train(compose_train(*SHORT, override))
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_an_unreadable_ckpt_path_is_one_line(compose_train, tmp_path):
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(
+        UserError, match=f"ckpt_path={text} is not a readable checkpoint: not a torch.save archive"
+    ):
+        train(compose_train(*SHORT, f"ckpt_path={text}"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_trainer_gpu_without_a_gpu_suggests_trainer_cpu(compose_train):
+    with pytest.raises(UserError, match="no GPU on this machine: use trainer=cpu"):
+        train(compose_train(*SHORT, "trainer=gpu", "trainer.accelerator=gpu"))
