@@ -64,6 +64,8 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if trainer.fast_dev_run:
+            if datamodule.has_test:
+                trainer.test(module, datamodule=datamodule, verbose=False)
             log.info("fast_dev_run: one batch of each split ran; no checkpoints or reports written")
             return {}
         best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")

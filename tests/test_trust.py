@@ -18,6 +18,7 @@ import torch
 from conftest import write_image_folder
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard.writer import FileWriter
 
 from classifier.atomic import write_atomically
 from classifier.builders import load_run
@@ -121,6 +122,14 @@ def test_an_untampered_checkpoint_still_rebuilds(digits_run):
 # -- files a run writes ------------------------------------------------------------------------
 
 
+def _recording(method, calls: list):
+    def wrapper(self, *args, **kwargs):
+        calls.append(self)
+        return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_atomically_written_files_follow_the_umask(tmp_path, umask):
     old = os.umask(umask)
@@ -137,8 +146,16 @@ def test_atomically_written_files_follow_the_umask(tmp_path, umask):
     )
 
 
-def test_the_tensorboard_events_hold_the_confusion_matrix_when_train_returns(compose_train, tmp_path):
+def test_the_tensorboard_events_hold_the_confusion_matrix_when_train_returns(
+    compose_train, tmp_path, monkeypatch
+):
+    # An event file is complete once its writer is closed; one left open loses what its background
+    # thread has not written yet when the process exits (an 88-byte file without the figure).
+    opened, closed = [], []
+    monkeypatch.setattr(FileWriter, "__init__", _recording(FileWriter.__init__, opened))
+    monkeypatch.setattr(FileWriter, "close", _recording(FileWriter.close, closed))
     train(compose_train(*SHORT[:-1], "trainer.max_epochs=1"))
+    assert opened and len(closed) >= len(opened)
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     assert "test/confusion_matrix" in events.Tags()["images"]
