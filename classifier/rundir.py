@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
@@ -10,6 +9,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from classifier.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs go unlocked
+    fcntl = None
 
 LOCK_FILE = ".lock"
 
@@ -26,6 +30,9 @@ def run_dir_lock(output_dir: str | Path) -> Iterator[None]:
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
     fd = os.open(output_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:

@@ -25,8 +25,10 @@ from classifier.builders import (
 )
 from classifier.callbacks import CheckpointOnInterrupt, RunMetadata
 from classifier.checkpoints import LAST, check_resumable, load_checkpoint, resume_checkpoint
+from classifier.data import ClassificationDataModule
 from classifier.errors import CTRL_C_EXIT, SIGTERM_EXIT, RunInterrupted
 from classifier.evaluation import evaluate_and_report
+from classifier.module import ClassifierModule
 from classifier.rundir import check_writable, run_dir_lock
 
 log = logging.getLogger(__name__)
@@ -51,38 +53,52 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     metadata = RunMetadata(config, datamodule.class_names, datamodule.input_spec.to_dict())
     on_interrupt = CheckpointOnInterrupt(output_dir / LAST)
     trainer = build_trainer(cfg, extra_callbacks=[metadata, on_interrupt])
-    for callback in trainer.checkpoint_callbacks:
-        if getattr(callback, "dirpath", None):
-            check_writable(callback.dirpath, "checkpoints")
-    ckpt_path = resume_checkpoint(output_dir, cfg.get("resume", "auto"), cfg.get("ckpt_path"))
-    if ckpt_path:
-        check_resumable(
-            ckpt_path, output_dir, bool(cfg.get("ckpt_path")), datamodule.class_names, module.state_dict()
-        )
+    ckpt_path = _checkpoint_to_resume(cfg, trainer, output_dir, datamodule.class_names, module)
     for logger in trainer.loggers:
         logger.log_hyperparams(config)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        if trainer.fast_dev_run:
-            if datamodule.has_test:
-                trainer.test(module, datamodule=datamodule, verbose=False)
-            log.info("fast_dev_run: one batch of each split ran; no checkpoints or reports written")
-            return {}
-        best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")
-        if best and Path(best).is_file():
-            module.load_state_dict(load_checkpoint(best)["state_dict"])
-        else:
-            log.warning(
-                "no best checkpoint (checkpointing off or no validation): evaluating the final weights"
-            )
-            best = None
-        return evaluate_and_report(trainer, module, datamodule, output_dir, source=best)
+        return _evaluate_best(trainer, module, datamodule, output_dir)
     except (KeyboardInterrupt, SystemExit) as exc:
         # Lightning turns Ctrl-C into sys.exit(1) and SIGTERM into SIGTERMException (exit status 0),
         # after the callbacks' on_exception: CheckpointOnInterrupt has saved what there was.
         if not trainer.interrupted:
             raise
         raise _interrupted(exc, on_interrupt.saved, output_dir) from None
+
+
+def _checkpoint_to_resume(
+    cfg: DictConfig, trainer: L.Trainer, output_dir: Path, class_names: list[str], module: ClassifierModule
+) -> str | None:
+    """What fit resumes from, checked before any training: the checkpoint folders can be written, and
+    the checkpoint is readable and of this configuration."""
+    if not trainer.fast_dev_run:  # which writes no checkpoints
+        for callback in trainer.checkpoint_callbacks:
+            if getattr(callback, "dirpath", None):
+                check_writable(callback.dirpath, "checkpoints")
+    ckpt_path = resume_checkpoint(output_dir, cfg.get("resume", "auto"), cfg.get("ckpt_path"))
+    if ckpt_path:
+        check_resumable(ckpt_path, output_dir, bool(cfg.get("ckpt_path")), class_names, module.state_dict())
+    return ckpt_path
+
+
+def _evaluate_best(
+    trainer: L.Trainer, module: ClassifierModule, datamodule: ClassificationDataModule, output_dir: Path
+) -> dict[str, float]:
+    """Evaluate the best checkpoint (else the final weights) and write the reports; under
+    fast_dev_run only run one test batch: one batch's metrics would mislead."""
+    if trainer.fast_dev_run:
+        if datamodule.has_test:
+            trainer.test(module, datamodule=datamodule, verbose=False)
+        log.info("fast_dev_run: one batch of each split ran; no checkpoints or reports written")
+        return {}
+    best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")
+    if best and Path(best).is_file():
+        module.load_state_dict(load_checkpoint(best)["state_dict"])
+    else:
+        log.warning("no best checkpoint (checkpointing off or no validation): evaluating the final weights")
+        best = None
+    return evaluate_and_report(trainer, module, datamodule, output_dir, source=best)
 
 
 def _interrupted(exc: BaseException, saved: str | None, output_dir: Path) -> RunInterrupted:
