@@ -23,8 +23,11 @@ from torch.utils.tensorboard.writer import FileWriter
 from classifier.atomic import write_atomically
 from classifier.builders import load_run
 from classifier.callbacks import CompactProgressBar, RunCheckpoint
+from classifier.checkpoints import load_checkpoint
+from classifier.cli import expand_home_in_argv
 from classifier.console import DropAdverts
 from classifier.errors import CTRL_C_EXIT, SIGTERM_EXIT, RunInterrupted, UserError
+from classifier.models.weights import read_state_dict
 from classifier.rundir import run_dir_lock
 from classifier.training import train
 
@@ -393,3 +396,32 @@ def test_an_unreadable_ckpt_path_is_one_line(compose_train, tmp_path):
 def test_trainer_gpu_without_a_gpu_suggests_trainer_cpu(compose_train):
     with pytest.raises(UserError, match="no GPU on this machine: use trainer=cpu"):
         train(compose_train(*SHORT, "trainer=gpu", "trainer.accelerator=gpu"))
+
+
+# -- paths as typed ----------------------------------------------------------------------------
+
+
+def test_a_leading_tilde_in_override_values_is_expanded_before_hydra_parses_them(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/ada")
+    argv = ["train.py", "data.root=~/photos", "-m", "data.csv=~/a.csv,~/b.csv", "~data.x", "name=a~b", "x=~"]
+    expand_home_in_argv(argv)
+    assert argv == [
+        "train.py",
+        "data.root=/home/ada/photos",
+        "-m",
+        "data.csv=/home/ada/a.csv,/home/ada/b.csv",
+        "~data.x",  # Hydra's delete syntax, untouched
+        "name=a~b",
+        "x=/home/ada",
+    ]
+
+
+def test_model_weights_and_ckpt_path_expand_home_and_variables(digits_run, tmp_path, monkeypatch):
+    run_dir, _ = digits_run
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WEIGHTS", str(tmp_path / "w"))
+    (tmp_path / "w").mkdir()
+    torch.save({"weight": torch.ones(2, 2)}, tmp_path / "w" / "net.pth")
+    assert read_state_dict("$WEIGHTS/net.pth")["weight"].sum() == 4
+    shutil.copy(run_dir / "checkpoints" / "best.ckpt", tmp_path / "best.ckpt")
+    assert load_checkpoint("~/best.ckpt")["classifier"]["class_names"][0] == "0"

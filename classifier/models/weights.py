@@ -11,6 +11,7 @@ from timm.models import load_state_dict
 from torch import nn
 
 from classifier.errors import UserError
+from classifier.paths import expand_path
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def head_keys(model: nn.Module) -> set[str]:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a state_dict file: a plain state_dict, a timm checkpoint (EMA weights when present),
     a safetensors file, or a checkpoint of this framework. Loaded with weights_only=True."""
-    path = Path(path).expanduser()
+    path = expand_path(path)
     if not path.is_file():
         raise UserError(f"model.weights={path} does not exist (looked for {path.resolve()})")
     try:
