@@ -102,8 +102,11 @@ class RunMetadata(L.Callback):
         if self._rng_to_restore:
             restore_rng_states(self._rng_to_restore)
         self._rng_to_restore = None
-        steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
-        mid_epoch = math.isfinite(steps_per_epoch) and trainer.global_step % max(1, steps_per_epoch) != 0
+        batches = trainer.num_training_batches  # inf for a loader without a length: no epochs to be in
+        mid_epoch = (
+            math.isfinite(batches)
+            and trainer.global_step % max(1, math.ceil(batches / trainer.accumulate_grad_batches)) != 0
+        )
         log.info(
             "resuming at epoch %d (global step %d)%s",
             trainer.current_epoch,
@@ -130,18 +133,12 @@ class RunCheckpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old_dir, new_dir = state_dict.get("dirpath"), self.dirpath
         if old_dir and new_dir and os.path.abspath(old_dir) != os.path.abspath(new_dir):
-            state_dict = {
-                **state_dict,
-                "dirpath": new_dir,
-                "best_model_path": _relocated(state_dict.get("best_model_path", ""), old_dir, new_dir),
-                "kth_best_model_path": _relocated(
-                    state_dict.get("kth_best_model_path", ""), old_dir, new_dir
-                ),
-                "last_model_path": _relocated(state_dict.get("last_model_path", ""), old_dir, new_dir),
-                "best_k_models": {
-                    _relocated(path, old_dir, new_dir): score
-                    for path, score in state_dict.get("best_k_models", {}).items()
-                },
+            state_dict = {**state_dict, "dirpath": new_dir}
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                state_dict[key] = _relocated(state_dict.get(key, ""), old_dir, new_dir)
+            state_dict["best_k_models"] = {
+                _relocated(path, old_dir, new_dir): score
+                for path, score in state_dict.get("best_k_models", {}).items()
             }
             log.info("the checkpoints moved from %s to %s: their record is kept", old_dir, new_dir)
         initial_kth_value = self.kth_value
@@ -234,7 +231,7 @@ class EpochSummary(L.Callback):
         self._started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if not trainer.is_global_zero:
             return
         metrics = {
             key: float(value)

@@ -114,13 +114,13 @@ def check_resumable(
     """
     path, output_dir = Path(path), Path(output_dir)
     what = f"ckpt_path={path}" if explicit else f"{path}"
-    if explicit:
-        advice = "check the path, or leave ckpt_path unset"
-    else:
-        advice = f"start over with resume=false{_best_checkpoint_hint(output_dir)}"
     try:
         checkpoint = _read(path, what, mmap=True)  # mmap: only the headers are read
     except UserError as exc:
+        if explicit:
+            advice = "check the path, or leave ckpt_path unset"
+        else:
+            advice = f"start over with resume=false{_best_checkpoint_hint(output_dir)}"
         raise UserError(f"{exc}; {advice}") from exc.__cause__
     saved = checkpoint["classifier"]
     saved_classes = [str(name) for name in saved.get("class_names", [])]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from functools import cached_property
 from pathlib import Path
 
 from classifier.data.base import ClassificationDataModule, Splits
 from classifier.data.images import ImageFileDataset, has_image_files, is_ignored, iter_image_files
-from classifier.data.sizing import infer_input_side
+from classifier.data.sizing import SAMPLE_SIZE, infer_input_side, spread_sample
 from classifier.data.verify import checked_dataset
 from classifier.errors import UserError
 from classifier.paths import expand_path
@@ -59,6 +60,15 @@ def find_class_names(train_dir: Path) -> list[str]:
     if empty:
         raise UserError(f"class folder(s) with no images: {', '.join(empty)}")
     return [d.name for d in dirs]
+
+
+def sample_image_files(train_dir: Path, count: int = SAMPLE_SIZE) -> list[Path]:
+    """About `count` image files spread over the class folders (the first few of each, from up to
+    `count` folders): enough to judge the typical image without listing a tree of millions, which
+    reading the split does once anyway."""
+    dirs = spread_sample(class_dirs(train_dir), count)
+    per_class = -(-count // max(1, len(dirs)))
+    return [path for d in dirs for path in itertools.islice(iter_image_files(d, train_dir), per_class)]
 
 
 def read_split(split_dir: Path, class_names: list[str], on_bad_image: str) -> ImageFileDataset:
@@ -116,7 +126,7 @@ class ImageFolderDataModule(ClassificationDataModule):
     @property
     def native_img_size(self) -> int:
         train_dir = self.train_dir
-        return infer_input_side(list(iter_image_files(train_dir)), f"in {train_dir}", relative_to=train_dir)
+        return infer_input_side(sample_image_files(train_dir), f"in {train_dir}", relative_to=train_dir)
 
     @cached_property
     def root_dir(self) -> Path:
