@@ -3,16 +3,21 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The exact versions CI tested (`make constraints` rewrites it); pyproject.toml keeps the ranges.
+CONSTRAINTS := constraints.txt
+# The oldest versions pyproject.toml allows, one pkg==X per dependency; `make test-floors` proves them.
+FLOORS := .ci/floors.txt
+FLOORS_VENV := .venv-floors
 # The CIFAR-10 JPEG ImageFolder for `make bench`, extracted from CIFAR10_TAR when missing.
 CIFAR10_JPG ?= /tmp/cifar10-jpg
 CIFAR10_TAR ?= ../shared/data/cifar10-jpg.tar.gz
 
-.PHONY: install train test test-fast lint format bench clean
+.PHONY: install train test test-fast test-floors constraints lint format bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -c $(CONSTRAINTS) -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,6 +30,30 @@ test: $(STAMP)  ## the whole suite (slow real-data tests skip when their data is
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+# A fresh venv holding exactly the floors (torch's is a download of ~3 GB when not cached).
+$(FLOORS_VENV)/.installed: pyproject.toml $(FLOORS) .ci/check_floors.py
+	rm -rf $(FLOORS_VENV)
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/python -m pip install --upgrade pip
+	$(FLOORS_VENV)/bin/python -m pip install -c $(FLOORS) -e ".[dev]"
+	$(FLOORS_VENV)/bin/python .ci/check_floors.py $(FLOORS)
+	touch $@
+
+test-floors: $(FLOORS_VENV)/.installed  ## the fast tests on the oldest versions pyproject.toml allows
+	$(FLOORS_VENV)/bin/python -m pytest -m "not slow" $(ARGS)
+
+constraints:  ## re-resolve constraints.txt: pyproject's ranges into a fresh venv, frozen
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/python -m pip install --upgrade pip
+	.venv-constraints/bin/python -m pip install -e ".[dev]"
+	{ echo "# The exact versions \`make install\` installs (pip install -c constraints.txt): the newest that"; \
+	  echo "# pyproject.toml's ranges allowed when \`make constraints\` made this file (a fresh venv, pip freeze)."; \
+	  echo "# pyproject.toml keeps the ranges; \`make test-floors\` proves their lower ends."; \
+	  .venv-constraints/bin/python -m pip freeze --exclude-editable; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf .venv-constraints
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

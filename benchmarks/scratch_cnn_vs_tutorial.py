@@ -91,6 +91,8 @@ def main() -> None:
         root=str(args.data), batch_size=256, train_crop="pad", crop_pct=1.0,
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
     )  # fmt: skip
+    datamodule.prepare_data()
+    datamodule.setup()
     print(f"{args.train_images} CIFAR-10 training images, {args.epochs} epochs, test on 10,000")
     print("| model | parameters | test top-1 | s / epoch |\n|---|---|---|---|")
     for name, create in (("tutorial 3-conv CNN", TutorialCNN), ("scratch_cnn", ScratchCNN)):

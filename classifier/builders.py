@@ -14,8 +14,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from classifier import data
-from classifier.checkpoints import AtomicCheckpointIO, load_checkpoint
+from classifier.checkpoints import AtomicCheckpointIO, load_checkpoint, saved_run
 from classifier.data import ClassificationDataModule
+from classifier.data.transforms import is_small
 from classifier.errors import UserError, config_errors
 from classifier.models import check_model_name, create_model, pretrained_input
 from classifier.module import ClassifierModule
@@ -41,23 +42,32 @@ def uses_pretrained_weights(model_cfg: DictConfig) -> bool:
 
 
 def pretrained_input_overrides(data_cfg: DictConfig, model_cfg: DictConfig) -> dict[str, Any]:
-    """Data keys that pretrained weights decide: the normalisation and resize filter they were
-    trained with, and their input size unless data.img_size is set."""
+    """Data keys that pretrained weights decide, as timm resolves them for the weights: the
+    normalisation and resize filter they were trained with; their input size unless data.img_size
+    is set; their eval crop (crop_pct, crop_mode) unless data.crop_pct is set or the input is small
+    (small images train uncropped)."""
     if not uses_pretrained_weights(model_cfg):
         return {}
     check_model_name(model_cfg.name)
     spec = pretrained_input(model_cfg.name)
     if spec is None:
         return {}
-    return {**spec, "img_size": data_cfg.get("img_size") or spec["img_size"]}
+    side = data_cfg.get("img_size") or spec["img_size"]
+    overrides = {**spec, "img_size": side}
+    if data_cfg.get("crop_pct") is not None or is_small(int(side)):
+        overrides.pop("crop_pct")
+        overrides.pop("crop_mode")
+    return overrides
 
 
 def build_datamodule(
     data_cfg: DictConfig, input_overrides: dict[str, Any] | None = None
 ) -> ClassificationDataModule:
-    """Instantiate `data_cfg` and fetch its files if needed (so class names can be read)."""
+    """Instantiate `data_cfg`, fetch its files if needed and read them (class names, input size,
+    splits): the data module's explicit steps, before the model that depends on them is built."""
     datamodule = instantiate(data_cfg, **(input_overrides or {}), _convert_="all")
     datamodule.prepare_data()
+    datamodule.setup()
     return datamodule
 
 
@@ -214,14 +224,13 @@ def load_run(
             checkpoint's data does not have, or data whose classes differ from the checkpoint's.
     """
     checkpoint = load_checkpoint(ckpt_path)
-    saved = checkpoint["classifier"]
-    if not isinstance(saved, Mapping) or not all(k in saved for k in ("config", "class_names", "input")):
-        raise UserError(f"ckpt_path={ckpt_path} lacks the run config, class names or input settings")
+    saved = saved_run(checkpoint, f"ckpt_path={ckpt_path}")
     config = saved["config"]
     data_cfg = _apply_data_overrides(_saved_section(config, "data"), data_overrides or {})
     # The input settings the model was trained with replace the data config's.
     datamodule = construct_allowed({**data_cfg, **dict(saved["input"])}, ALLOWED_DATA_MODULES, "data")
     datamodule.prepare_data()
+    datamodule.setup()
     class_names = [str(name) for name in saved["class_names"]]
     if datamodule.class_names != class_names:
         raise UserError(

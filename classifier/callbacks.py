@@ -1,24 +1,29 @@
-"""Callbacks: training speed, the console (a compact bar, one summary line per epoch), what every
-checkpoint carries besides weights (config, classes, RNG), checkpoints that survive a moved run dir,
-and last.ckpt on Ctrl-C / SIGTERM."""
+"""Callbacks: training speed, the console (a compact bar, one summary line per epoch), the run state
+every checkpoint carries (written by checkpoints.add_run_state), checkpoints that survive a moved
+run dir, and last.ckpt on Ctrl-C / SIGTERM."""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
-import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from classifier.checkpoints import (
+    RNG_KEY,
+    add_run_state,
+    collect_rng_states,
+    restore_rng_states,
+    run_metadata,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +37,6 @@ class TrainSpeed(L.Callback):
         self.images = 0
         self.started: float | None = None
         self.last_batch_end = 0.0
-        self.history: list[float] = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.images, self.started = 0, None
@@ -50,58 +54,44 @@ class TrainSpeed(L.Callback):
             return
         # Images on this device times devices: every rank trains on its own shard.
         rate = self.images * trainer.world_size / (self.last_batch_end - self.started)
-        self.history.append(rate)
         pl_module.log("train/images_per_sec", rate)
-
-
-def collect_rng_states() -> dict[str, Any]:
-    """Python, NumPy and torch RNG states as tensors and tuples, loadable with weights_only=True."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    states = {
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        states["torch.cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(states: dict[str, Any]) -> None:
-    random.setstate(states["python"])
-    kind, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(states["torch"])
-    if "torch.cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["torch.cuda"])
 
 
 class RunMetadata(L.Callback):
     """Writes the resolved run config, class names and input spec into every checkpoint (what
-    eval.py and predict.py rebuild the run from), plus RNG states; on resume, restores the RNG
-    states once the sanity check has run, so the next epoch draws what it would have drawn."""
-
-    CHECKPOINT_KEY = "classifier"
+    eval.py and predict.py rebuild the run from), plus RNG states. On resume the RNG states are
+    restored as the checkpoint is loaded, before any loader draws its shuffle or worker seeds, and
+    the sanity check's draws are undone, so the resumed epoch draws what it would have drawn."""
 
     def __init__(self, config: dict[str, Any], class_names: list[str], input_spec: dict[str, Any]):
-        self.metadata = {"config": config, "class_names": list(class_names), "input": input_spec}
-        self._rng_to_restore: dict[str, Any] | None = None
+        self.metadata = run_metadata(config, class_names, input_spec)
+        self._resumed = False
+        self._before_sanity_check: dict[str, Any] | None = None
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        checkpoint[self.CHECKPOINT_KEY] = self.metadata
-        checkpoint["rng_states"] = collect_rng_states()
+        add_run_state(checkpoint, self.metadata)
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         if trainer.state.fn != TrainerFn.FITTING:  # validate/test of a checkpoint: nothing resumes
             return
-        self._rng_to_restore = checkpoint.get("rng_states", {})
+        self._resumed = True
+        if checkpoint.get(RNG_KEY):
+            restore_rng_states(checkpoint[RNG_KEY])
+
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        # An uninterrupted run goes from the checkpoint's moment straight to the next epoch; the
+        # resumed one validates a few batches first (a loader with workers draws their seeds).
+        self._before_sanity_check = collect_rng_states()
+
+    def on_sanity_check_end(self, trainer, pl_module) -> None:
+        if self._before_sanity_check is not None:
+            restore_rng_states(self._before_sanity_check)
+            self._before_sanity_check = None
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if self._rng_to_restore is None:
+        if not self._resumed:
             return
-        if self._rng_to_restore:
-            restore_rng_states(self._rng_to_restore)
-        self._rng_to_restore = None
+        self._resumed = False
         batches = trainer.num_training_batches  # inf for a loader without a length: no epochs to be in
         mid_epoch = (
             math.isfinite(batches)

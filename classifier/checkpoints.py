@@ -1,13 +1,16 @@
-"""Checkpoint files: atomic writes, safe loading, and which one a run resumes from."""
+"""Checkpoint files: what they carry besides Lightning's state (the run's config, classes, input
+settings and RNG states), atomic writes, safe loading, and which one a run resumes from."""
 
 from __future__ import annotations
 
 import io
 import logging
+import random
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -19,6 +22,57 @@ log = logging.getLogger(__name__)
 
 LAST = Path("checkpoints") / "last.ckpt"
 BEST = Path("checkpoints") / "best.ckpt"
+# Beside Lightning's keys: the run (config, class names, input settings) that eval.py, predict.py
+# and export.py rebuild the model from, and the RNG states a resumed run continues with.
+RUN_KEY = "classifier"
+RNG_KEY = "rng_states"
+RUN_FIELDS = ("config", "class_names", "input")
+
+
+def run_metadata(
+    config: dict[str, Any], class_names: list[str], input_spec: dict[str, Any]
+) -> dict[str, Any]:
+    return {"config": config, "class_names": list(class_names), "input": input_spec}
+
+
+def add_run_state(checkpoint: dict[str, Any], metadata: dict[str, Any]) -> None:
+    """Put the run's metadata and the current RNG states into a checkpoint Lightning is saving."""
+    checkpoint[RUN_KEY] = metadata
+    checkpoint[RNG_KEY] = collect_rng_states()
+
+
+def saved_run(checkpoint: dict[str, Any], what: str) -> dict[str, Any]:
+    """The run metadata of a checkpoint read by `_read`.
+
+    Raises:
+        UserError: it lacks the config, class names or input settings.
+    """
+    saved = checkpoint.get(RUN_KEY)
+    if not isinstance(saved, dict) or not all(key in saved for key in RUN_FIELDS):
+        raise UserError(f"{what} lacks the run config, class names or input settings")
+    return saved
+
+
+def collect_rng_states() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as tensors and tuples, loadable with weights_only=True."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["torch.cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "torch.cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["torch.cuda"])
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -46,7 +100,7 @@ def _read(path: Path, what: str, mmap: bool = False) -> dict[str, Any]:
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{what} is not a readable checkpoint: {reason}") from exc
-    if not isinstance(checkpoint, dict) or "classifier" not in checkpoint or "state_dict" not in checkpoint:
+    if not isinstance(checkpoint, dict) or RUN_KEY not in checkpoint or "state_dict" not in checkpoint:
         raise UserError(f"{what} is not a checkpoint written by train.py (no run config inside)")
     return checkpoint
 
@@ -122,7 +176,7 @@ def check_resumable(
         else:
             advice = f"start over with resume=false{_best_checkpoint_hint(output_dir)}"
         raise UserError(f"{exc}; {advice}") from exc.__cause__
-    saved = checkpoint["classifier"]
+    saved = saved_run(checkpoint, what)
     saved_classes = [str(name) for name in saved.get("class_names", [])]
     where = what if explicit else f"hydra.run.dir={output_dir}"
     other = (

@@ -103,7 +103,22 @@ def run_task(name: str, cfg: DictConfig) -> float | None:
                 raise
             log.error("%s", message)
             sys.exit(1)
-    return metrics.get(cfg.get("optimized_metric"))
+    return _optimized_metric(metrics, cfg.get("optimized_metric"))
+
+
+def _optimized_metric(metrics: dict[str, float], key: str | None) -> float | None:
+    """metrics[key], what a sweeper optimises; None without a key or metrics (fast_dev_run writes none).
+    A key the run has no metric for ends in one ERROR line: a sweeper would get None from every job."""
+    if not key or not metrics:
+        return None
+    if key not in metrics:
+        log.error(
+            "optimized_metric=%s is not one of this run's metrics (%s); the run's files are written",
+            key,
+            ", ".join(sorted(metrics)),
+        )
+        sys.exit(1)
+    return metrics[key]
 
 
 @hydra.main(version_base="1.3", config_path="pkg://classifier.conf", config_name="train")

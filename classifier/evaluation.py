@@ -34,7 +34,7 @@ def evaluate_and_report(
         metrics.update(summary_of(logged[0], "test"))
         split = "test"
     if trainer.is_global_zero:
-        confusion = module.confusion[split].numpy()
+        confusion = module.epoch_results(split)["confusion"].cpu().numpy()
         figure = write_reports(output_dir, metrics, confusion, module.class_names, split, source)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):

@@ -10,10 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
 from classifier.errors import UserError, config_errors
-from classifier.metrics import create_eval_metrics, metric_key_part
+from classifier.metrics import create_eval_metrics, create_top1, metric_key_part
 from classifier.optim import apply_lr_scales, param_groups
 
 EVAL_STAGES = ("val", "test")
@@ -53,13 +52,11 @@ class ClassifierModule(L.LightningModule):
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         num_classes = len(self.class_names)
         self.train_loss = MeanMetric()
-        self.train_top1 = MulticlassAccuracy(num_classes, validate_args=False)
+        self.train_top1 = create_top1(num_classes)
         self.eval_loss = nn.ModuleDict({stage: MeanMetric() for stage in EVAL_STAGES})
         self.eval_metrics = nn.ModuleDict({stage: create_eval_metrics(num_classes) for stage in EVAL_STAGES})
         self.val_top1_best = MaxMetric()
         self.val_top1_best.persistent(True)  # survives resume, like the checkpoint's best score
-        # Confusion matrix of the last completed val / test epoch, for the reports.
-        self.confusion: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -81,11 +78,19 @@ class ClassifierModule(L.LightningModule):
         self.eval_loss[stage].update(loss, weight=targets.numel())
         self.eval_metrics[stage].update(logits.float().softmax(dim=-1), targets)
 
-    def _log_eval_epoch(self, stage: str) -> torch.Tensor:
-        values = self.eval_metrics[stage].compute()
-        loss = self.eval_loss[stage].compute()
+    def epoch_results(self, stage: str) -> dict[str, torch.Tensor]:
+        """Every metric of the last completed `stage` epoch ('val' or 'test'), over all devices:
+        top1, top5 (5+ classes), ece, class_acc, confusion and loss. The reports read them here;
+        the states are kept until the next epoch of that stage starts."""
+        return {**self.eval_metrics[stage].compute(), "loss": self.eval_loss[stage].compute()}
+
+    def _reset_eval_metrics(self, stage: str) -> None:
         self.eval_metrics[stage].reset()
         self.eval_loss[stage].reset()
+
+    def _log_eval_epoch(self, stage: str) -> torch.Tensor:
+        values = self.epoch_results(stage)
+        loss = values["loss"]
         summary = {f"{stage}/loss": loss, f"{stage}/top1": values["top1"], f"{stage}/ece": values["ece"]}
         if "top5" in values:
             summary[f"{stage}/top5"] = values["top5"]
@@ -95,8 +100,10 @@ class ClassifierModule(L.LightningModule):
             for name, acc in zip(self.class_names, values["class_acc"], strict=True)
         }
         self.log_dict(per_class)
-        self.confusion[stage] = values["confusion"].cpu()
         return values["top1"]
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_eval_metrics("val")
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -106,6 +113,9 @@ class ClassifierModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             self.val_top1_best.update(top1)  # on the module's device, like the metric's state
             self.log("val/top1_best", self.val_top1_best.compute())
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_eval_metrics("test")
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step("test", batch)

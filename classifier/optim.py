@@ -10,6 +10,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from classifier.errors import UserError
+
 
 def param_groups(net: nn.Module, backbone_lr_scale: float = 1.0) -> list[dict]:
     """Groups by (head or backbone) x (decayed or not). Biases, norm weights and the tokens a timm
@@ -52,14 +54,19 @@ def warmup_cosine(
     total_steps: int,
     steps_per_epoch: int,
     warmup_epochs: float = 1.0,
+    max_warmup_fraction: float = 0.1,
     min_lr_ratio: float = 0.01,
 ) -> LambdaLR:
-    """Linear warmup over `warmup_epochs`, then cosine decay to `min_lr_ratio` x lr, stepped per batch.
+    """Linear warmup over `warmup_epochs`, but at most `max_warmup_fraction` of the run, then cosine
+    decay to `min_lr_ratio` x lr, stepped per batch. The bound keeps short runs from spending
+    themselves on the ramp: one epoch with warmup_epochs=1 would never reach the decay.
 
     The factor is a partial rather than an object so the schedule comes from the current config
     on resume (a longer max_epochs stretches it); only the step count is restored.
     """
-    warmup_steps = min(round(warmup_epochs * steps_per_epoch), total_steps)
+    if not 0 <= max_warmup_fraction <= 1:
+        raise UserError(f"scheduler.max_warmup_fraction={max_warmup_fraction} must be in [0, 1]")
+    warmup_steps = min(round(warmup_epochs * steps_per_epoch), math.floor(max_warmup_fraction * total_steps))
     factor: Callable[[int], float] = partial(
         warmup_cosine_factor, warmup_steps=warmup_steps, total_steps=total_steps, min_lr_ratio=min_lr_ratio
     )

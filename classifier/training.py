@@ -60,11 +60,19 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         return _evaluate_best(trainer, module, datamodule, output_dir)
     except (KeyboardInterrupt, SystemExit) as exc:
-        # Lightning turns Ctrl-C into sys.exit(1) and SIGTERM into SIGTERMException (exit status 0),
-        # after the callbacks' on_exception: CheckpointOnInterrupt has saved what there was.
-        if not trainer.interrupted:
+        # Lightning turns Ctrl-C into sys.exit(1), raised while handling the KeyboardInterrupt, and
+        # SIGTERM into SIGTERMException (exit status 0), after the callbacks' on_exception:
+        # CheckpointOnInterrupt has saved what there was. Any other SystemExit goes on as it is.
+        if not _is_interrupt(exc):
             raise
         raise _interrupted(exc, on_interrupt.saved, output_dir) from None
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    interrupts = (KeyboardInterrupt, SIGTERMException)
+    return isinstance(exc, interrupts) or (
+        isinstance(exc, SystemExit) and isinstance(exc.__context__, interrupts)
+    )
 
 
 def _checkpoint_to_resume(

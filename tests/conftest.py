@@ -1,20 +1,26 @@
 """Shared fixtures: configs composed with Hydra's compose API as users override them, generated
-image folders, and one default digits run shared by the tests that need a trained checkpoint."""
+image folders, trained runs shared by the tests that need a checkpoint (the default 10-epoch one, and a
+cheap one for the fast tests), and a callback that records what a run did batch by batch."""
 
 from __future__ import annotations
 
 import logging
+import logging.config
 import os
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +66,23 @@ def restore_global_state():
     os.environ.clear()
     os.environ.update(environ)
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Runs compute on one thread, in this process and in the ones the tests start. The tests'
+    batches are small, so a second thread saves little; and when other work shares the cores, each
+    op of two threads waits for the descheduled one (measured on 2 cores under a load of 4 to 7:
+    2 epochs of digits in 16 s on one thread, 65 s on two)."""
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(threads)
+    if omp is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = omp
 
 
 @pytest.fixture(autouse=True)
@@ -128,3 +151,133 @@ def digits_run(tmp_path_factory) -> tuple[Path, dict[str, float]]:
     metrics = train(cfg)
     GlobalHydra.instance().clear()
     return output_dir, metrics
+
+
+@pytest.fixture(scope="session")
+def small_digits_run(tmp_path_factory) -> tuple[Path, dict[str, float]]:
+    """A cheap trained run for the fast tests: digits, a narrow scratch_cnn, one epoch of 10 batches,
+    evaluated on the whole val and test splits, no logger. Run directory and metrics."""
+    from classifier.training import train
+
+    output_dir = tmp_path_factory.mktemp("small_digits_run")
+    cfg = compose_config(
+        "train",
+        output_dir,
+        # lr 3e-3: predictions spread over the classes already (top-1 ~0.16, top-5 ~0.67)
+        [
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=10",
+            "optimizer.lr=3e-3",
+            "model.width=8",
+            "logger=none",
+        ],
+    )
+    metrics = train(cfg)
+    GlobalHydra.instance().clear()
+    return output_dir, metrics
+
+
+# Add to a run's overrides to record it in a BatchRecorder (see the `recorders` fixture).
+RECORD = "+callbacks.record._target_=conftest.BatchRecorder"
+
+
+class BatchRecorder(L.Callback):
+    """What a run did, batch by batch: for each split, (epoch, batch index, labels, sum of the
+    pixels) of every batch outside the sanity check; the train loss of every epoch; its Trainer.
+    Instantiated by Hydra from the run's config (RECORD), so the test finds it in `made`."""
+
+    made: list[BatchRecorder] = []
+
+    def __init__(self) -> None:
+        self.batches: dict[str, list[tuple]] = {"train": [], "val": [], "test": []}
+        self.train_loss: list[float] = []
+        self.anomaly_detection: set[bool] = set()  # whether autograd's anomaly mode was on, per train batch
+        self.trainer: L.Trainer | None = None
+        BatchRecorder.made.append(self)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.trainer = trainer
+
+    def _record(self, split: str, trainer: L.Trainer, batch, batch_idx: int) -> None:
+        if trainer.sanity_checking:
+            return
+        images, labels = batch
+        entry = (trainer.current_epoch, batch_idx, labels.tolist(), images.double().sum().item())
+        self.batches[split].append(entry)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._record("train", trainer, batch, batch_idx)
+        self.anomaly_detection.add(torch.is_anomaly_enabled())
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._record("val", trainer, batch, batch_idx)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._record("test", trainer, batch, batch_idx)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.train_loss.append(float(trainer.callback_metrics["train/loss"]))
+
+
+@pytest.fixture
+def recorders() -> Iterator[list[BatchRecorder]]:
+    """The BatchRecorders made by the runs of this test that had RECORD among their overrides, in order."""
+    BatchRecorder.made = []
+    yield BatchRecorder.made
+    BatchRecorder.made = []
+
+
+def recomputed_metrics(ckpt_path: Path) -> dict[str, float]:
+    """top1, top5 (5+ classes) and loss of a checkpoint on every held-out split, computed here in
+    plain torch over the whole split: what metrics.json should say, by other code than the run's."""
+    from classifier.builders import load_run
+
+    module, datamodule = load_run(str(ckpt_path))
+    module.eval()
+    metrics = {}
+    for split in ("val", "test") if datamodule.has_test else ("val",):
+        loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
+        with torch.no_grad():
+            outputs = [(module(images), labels) for images, labels in loader]
+        logits = torch.cat([logits for logits, _ in outputs])
+        labels = torch.cat([labels for _, labels in outputs])
+        metrics[f"{split}/top1"] = (logits.argmax(dim=1) == labels).double().mean().item()
+        if logits.shape[1] >= 5:
+            top5 = (logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1)
+            metrics[f"{split}/top5"] = top5.double().mean().item()
+        metrics[f"{split}/loss"] = F.cross_entropy(logits, labels).item()
+    return metrics
+
+
+@contextmanager
+def hydra_job_logging(cfg: DictConfig) -> Iterator[Path]:
+    """The logging `python train.py` runs under: cfg.hydra.job_logging (levels per library, a log
+    file in the run directory), with Lightning's loggers sent on to it as classifier.cli does.
+    Yields the log file's path; everything is restored afterwards."""
+    from classifier.cli import _send_lightning_logs_to_hydra
+
+    job_logging = OmegaConf.to_container(cfg.hydra.job_logging, resolve=True)
+    root = logging.getLogger()
+    saved = {
+        name: (logger.handlers[:], logger.level, logger.propagate)
+        for name in ("", "classifier", "lightning", "lightning.pytorch", "lightning.fabric")
+        for logger in [logging.getLogger(name)]
+    }
+    Path(cfg.hydra.runtime.output_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        logging.config.dictConfig(job_logging)
+        _send_lightning_logs_to_hydra()
+        yield Path(job_logging["handlers"]["file"]["filename"])
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        for name, (handlers, level, propagate) in saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
+
+
+def ready(datamodule):
+    """A data module after its explicit steps (fetch files, read them), as build_datamodule does."""
+    datamodule.prepare_data()
+    datamodule.setup()
+    return datamodule

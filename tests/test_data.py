@@ -8,7 +8,7 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
-from conftest import write_image_folder
+from conftest import ready, write_image_folder
 from PIL import Image
 from torchvision.transforms import v2
 
@@ -19,14 +19,14 @@ from classifier.errors import UserError
 
 
 def folder_module(root, **kwargs):
-    return ImageFolderDataModule(root=str(root), img_size=32, num_workers=0, batch_size=4, **kwargs)
+    return ready(ImageFolderDataModule(root=str(root), img_size=32, num_workers=0, batch_size=4, **kwargs))
 
 
 def test_digits_fixed_split_and_transforms():
-    dm = DigitsDataModule(batch_size=32)
+    dm = ready(DigitsDataModule(batch_size=32))
     sizes = {split: len(dm.dataset(split)) for split in ("train", "val", "test")}
     assert sizes == {"train": 1149, "val": 288, "test": 360}
-    again = DigitsDataModule(batch_size=32)
+    again = ready(DigitsDataModule(batch_size=32))
     assert again.dataset("val").targets == dm.dataset("val").targets  # the same split every time
     images, labels = next(iter(dm.train_dataloader()))
     assert images.shape == (32, 3, 32, 32) and images.dtype == torch.float32
@@ -51,14 +51,14 @@ def test_imagefolder_splits_classes_and_normalisation(tmp_path):
 
 def test_input_side_follows_small_images_and_is_224_for_photos(tmp_path):
     small = write_image_folder(tmp_path / "small", {"train": 2}, size=28)
-    dm = ImageFolderDataModule(root=str(small))
+    dm = ready(ImageFolderDataModule(root=str(small)))
     assert dm.input_spec.img_size == 28
     assert any(isinstance(t, v2.RandomCrop) for t in dm.train_transform.transforms)  # pad-and-crop
     photos = write_image_folder(tmp_path / "photos", {"train": 2}, size=100)
-    dm = ImageFolderDataModule(root=str(photos))
+    dm = ready(ImageFolderDataModule(root=str(photos)))
     assert dm.input_spec.img_size == 224
     assert any(isinstance(t, v2.RandomResizedCrop) for t in dm.train_transform.transforms)
-    assert ImageFolderDataModule(root=str(photos), img_size=96).input_spec.img_size == 96
+    assert ready(ImageFolderDataModule(root=str(photos), img_size=96)).input_spec.img_size == 96
 
 
 def test_class_folders_without_train_dir_are_the_training_split(tmp_path):
@@ -131,7 +131,7 @@ def test_readable_images_are_decoded_once_until_they_change(tmp_path, monkeypatc
 def test_on_bad_image_error_lists_all_of_them(tmp_path):
     root = write_image_folder(tmp_path, {"train": 4, "val": 2})
     broken = write_broken_images(root / "train" / "dog")
-    dm = folder_module(root, on_bad_image="error")
+    dm = ImageFolderDataModule(root=str(root), img_size=32, on_bad_image="error")  # reads nothing yet
     with pytest.raises(UserError) as info:
         dm.setup()
     message = str(info.value)
@@ -208,17 +208,19 @@ def test_csv_resolves_paths_orders_numeric_labels_and_reports_mistakes(tmp_path)
     (root / "list.csv").write_text(
         "file,y\n" + "\n".join(f"{p.relative_to(root)},{labels[p.parent.name]}" for p in files) + "\n"
     )
-    dm = CSVDataModule(
-        csv=str(root / "list.csv"), path_column="file", label_column="y", img_size=32, val_split=0.25
+    dm = ready(
+        CSVDataModule(
+            csv=str(root / "list.csv"), path_column="file", label_column="y", img_size=32, val_split=0.25
+        )
     )
     assert dm.class_names == ["2", "9", "10"]
     assert len(dm.dataset("train")) == 9 and len(dm.dataset("val")) == 3
     with pytest.raises(
         UserError, match=r"has no 'path' column: split at ',', its header reads \['file', 'y'\]"
     ):
-        CSVDataModule(csv=str(root / "list.csv")).class_names
+        ready(CSVDataModule(csv=str(root / "list.csv"))).class_names
     with pytest.raises(UserError, match="data.csv=.*missing.csv does not exist"):
-        CSVDataModule(csv=str(tmp_path / "missing.csv")).class_names
+        ready(CSVDataModule(csv=str(tmp_path / "missing.csv"))).class_names
 
 
 def test_csv_missing_image_file_is_skipped_like_a_broken_one(tmp_path, caplog):
@@ -226,7 +228,7 @@ def test_csv_missing_image_file_is_skipped_like_a_broken_one(tmp_path, caplog):
     rows = [f"{p.relative_to(root)},{p.parent.name}" for p in sorted(root.rglob("*.*"))]
     (root / "l.csv").write_text("path,label\n" + "\n".join(rows + ["x/a/gone.jpg,a"]) + "\n")
     with caplog.at_level(logging.WARNING):
-        dm = CSVDataModule(csv=str(root / "l.csv"), img_size=32, val_split=0.34)
+        dm = ready(CSVDataModule(csv=str(root / "l.csv"), img_size=32, val_split=0.34))
         dm.setup()
     assert len(dm.dataset("train")) + len(dm.dataset("val")) == 6
     assert any("gone.jpg" in r.getMessage() for r in caplog.records)
@@ -234,7 +236,7 @@ def test_csv_missing_image_file_is_skipped_like_a_broken_one(tmp_path, caplog):
 
 def test_cifar_imagefolder_layout_is_accepted(tmp_path):
     root = write_image_folder(tmp_path, {"train": 5, "test": 2}, size=32)
-    dm = CIFAR10DataModule(root=str(root))
+    dm = ready(CIFAR10DataModule(root=str(root)))
     assert dm.class_names == ["cat", "dog", "fox"]
     assert dm.has_test and len(dm.dataset("test")) == 6
     assert not dm.in_memory and dm.num_workers == default_num_workers()  # files: workers decode them
@@ -245,7 +247,7 @@ def test_cifar_offline_and_missing_says_where_files_go(tmp_path, monkeypatch):
         raise URLError("no network")
 
     monkeypatch.setattr("classifier.data.cifar.download_and_extract_archive", offline)
-    dm = CIFAR10DataModule(root=str(tmp_path / "cifar"))
+    dm = CIFAR10DataModule(root=str(tmp_path / "cifar"))  # reads nothing
     with pytest.raises(UserError) as info:
         dm.prepare_data()
     message = str(info.value)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import write_cifar_batches, write_image_folder
+from conftest import ready, write_cifar_batches, write_image_folder
 from PIL import Image
 
 from classifier.data import CIFAR10DataModule, CSVDataModule, DigitsDataModule, ImageFolderDataModule
@@ -19,7 +19,7 @@ from classifier.errors import UserError
 
 
 def folder_module(root: Path, **kwargs) -> ImageFolderDataModule:
-    return ImageFolderDataModule(root=str(root), num_workers=0, batch_size=4, **kwargs)
+    return ready(ImageFolderDataModule(root=str(root), num_workers=0, batch_size=4, **kwargs))
 
 
 def finishes_within(seconds: float, work: Callable):
@@ -115,7 +115,7 @@ def test_one_large_image_among_small_ones_keeps_the_small_side(tmp_path, caplog)
     root = write_image_folder(tmp_path, {"train": 10}, size=32)
     big = write_solid(root / "train" / "cat" / "000_big.png", 1000)
     with caplog.at_level(logging.INFO):
-        folder = ImageFolderDataModule(root=str(root))
+        folder = ready(ImageFolderDataModule(root=str(root)))
     assert folder.input_spec.img_size == 32
     decision = [r.getMessage() for r in caplog.records if r.getMessage().startswith("input side")]
     assert decision == [
@@ -125,7 +125,7 @@ def test_one_large_image_among_small_ones_keeps_the_small_side(tmp_path, caplog)
     rows = [f"{p.relative_to(root)},{p.parent.name}" for p in sorted((root / "train").rglob("*.*"))]
     (root / "list.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
     assert str(big.relative_to(root)) in "\n".join(rows)
-    assert CSVDataModule(csv=str(root / "list.csv")).input_spec.img_size == 32
+    assert ready(CSVDataModule(csv=str(root / "list.csv"))).input_spec.img_size == 32
 
 
 def test_mostly_large_images_train_at_224_even_when_the_first_class_is_small(tmp_path, caplog):
@@ -135,7 +135,7 @@ def test_mostly_large_images_train_at_224_even_when_the_first_class_is_small(tmp
         for i in range(50):
             write_solid(tmp_path / "train" / name / f"{i:03d}.png", 80, 70)
     with caplog.at_level(logging.INFO):
-        dm = ImageFolderDataModule(root=str(tmp_path))
+        dm = ready(ImageFolderDataModule(root=str(tmp_path)))
     assert dm.input_spec.img_size == 224
     assert any("median image side 80 px over 64 sampled images" in r.getMessage() for r in caplog.records)
 
@@ -145,7 +145,7 @@ def test_tiny_images_name_the_images_not_a_key_the_user_never_set(tmp_path):
         for i in range(3):
             write_solid(tmp_path / "train" / name / f"{i}.png", 1)
     with pytest.raises(UserError) as info:
-        ImageFolderDataModule(root=str(tmp_path))
+        ready(ImageFolderDataModule(root=str(tmp_path)))
     message = str(info.value)
     assert message.startswith(f"images in {tmp_path / 'train'} are too small to classify (median side 1 px")
     assert "cat/0.png" in message and "set data.img_size to upscale them" in message
@@ -153,10 +153,10 @@ def test_tiny_images_name_the_images_not_a_key_the_user_never_set(tmp_path):
     rows = "\n".join(f"train/{name}/{i}.png,{name}" for name in ("cat", "dog") for i in range(3))
     (tmp_path / "l.csv").write_text("path,label\n" + rows + "\n")
     with pytest.raises(UserError, match=rf"images listed in {tmp_path / 'l.csv'} are too small .*1 px"):
-        CSVDataModule(csv=str(tmp_path / "l.csv"))
+        ready(CSVDataModule(csv=str(tmp_path / "l.csv")))
     with pytest.raises(UserError, match="data.img_size=4 is too small"):
-        ImageFolderDataModule(root=str(tmp_path), img_size=4)
-    assert ImageFolderDataModule(root=str(tmp_path), img_size=16).input_spec.img_size == 16
+        ready(ImageFolderDataModule(root=str(tmp_path), img_size=4))
+    assert ready(ImageFolderDataModule(root=str(tmp_path), img_size=16)).input_spec.img_size == 16
 
 
 # -- decompression bombs ---------------------------------------------------------------------------
@@ -218,23 +218,23 @@ def test_csv_in_another_encoding_names_the_line_and_data_encoding(tmp_path):
     (tmp_path / "l.csv").write_bytes(text.encode("latin-1"))
     first_bad_line = 2 + [label for _, label in rows].index("é")
     with pytest.raises(UserError) as info:
-        CSVDataModule(csv=str(tmp_path / "l.csv"), img_size=32).class_names
+        ready(CSVDataModule(csv=str(tmp_path / "l.csv"), img_size=32)).class_names
     message = str(info.value)
     assert message.startswith(f"data.csv={tmp_path / 'l.csv'} line {first_bad_line} is not valid utf-8")
     assert "data.encoding" in message and "\\x" not in message and "\n" not in message
-    dm = CSVDataModule(csv=str(tmp_path / "l.csv"), encoding="latin-1", img_size=32)
+    dm = ready(CSVDataModule(csv=str(tmp_path / "l.csv"), encoding="latin-1", img_size=32))
     assert dm.class_names == ["cat", "é"]
     (tmp_path / "bom.csv").write_bytes(text.encode("utf-8-sig"))
-    assert CSVDataModule(csv=str(tmp_path / "bom.csv"), img_size=32).class_names == ["cat", "é"]
+    assert ready(CSVDataModule(csv=str(tmp_path / "bom.csv"), img_size=32)).class_names == ["cat", "é"]
     with pytest.raises(UserError, match="data.encoding='klingon' is not an encoding Python knows"):
-        CSVDataModule(csv=str(tmp_path / "l.csv"), encoding="klingon", img_size=32).class_names
+        ready(CSVDataModule(csv=str(tmp_path / "l.csv"), encoding="klingon", img_size=32)).class_names
 
 
 @pytest.mark.parametrize("content", [b"", b"\n\n  \r\n"])
 def test_an_empty_csv_says_so(tmp_path, content):
     (tmp_path / "l.csv").write_bytes(content)
     with pytest.raises(UserError, match=rf"^data.csv={tmp_path / 'l.csv'} is empty$"):
-        CSVDataModule(csv=str(tmp_path / "l.csv"), img_size=32).class_names
+        ready(CSVDataModule(csv=str(tmp_path / "l.csv"), img_size=32)).class_names
 
 
 @pytest.mark.parametrize("delimiter", [";", "\t", "|"])
@@ -242,7 +242,7 @@ def test_the_delimiter_is_detected_from_the_header(tmp_path, delimiter):
     rows = write_csv_images(tmp_path)
     lines = [f"path{delimiter}label", *(f"{path}{delimiter}{label}" for path, label in rows)]
     (tmp_path / "l.csv").write_text("\n".join(lines) + "\n")
-    dm = CSVDataModule(csv=str(tmp_path / "l.csv"), img_size=32, val_split=0.34)
+    dm = ready(CSVDataModule(csv=str(tmp_path / "l.csv"), img_size=32, val_split=0.34))
     assert dm.class_names == ["cat", "é"]
     assert len(dm.dataset("train")) + len(dm.dataset("val")) == 6
 
@@ -251,9 +251,12 @@ def test_an_explicit_delimiter_is_used_and_a_wrong_one_says_what_was_read(tmp_pa
     rows = write_csv_images(tmp_path)
     lines = ["path;label;note", *(f"{path};{label};a,b" for path, label in rows)]
     (tmp_path / "l.csv").write_text("\n".join(lines) + "\n")
-    assert CSVDataModule(csv=str(tmp_path / "l.csv"), delimiter=";", img_size=32).class_names == ["cat", "é"]
+    assert ready(CSVDataModule(csv=str(tmp_path / "l.csv"), delimiter=";", img_size=32)).class_names == [
+        "cat",
+        "é",
+    ]
     with pytest.raises(UserError) as info:
-        CSVDataModule(csv=str(tmp_path / "l.csv"), delimiter=",", img_size=32).class_names
+        ready(CSVDataModule(csv=str(tmp_path / "l.csv"), delimiter=",", img_size=32)).class_names
     message = str(info.value)
     assert "has no 'path' column" in message and "path;label;note" in message and "','" in message
     for key in ("data.delimiter", "data.path_column", "data.label_column"):
@@ -281,18 +284,20 @@ def test_an_explicit_delimiter_is_used_and_a_wrong_one_says_what_was_read(tmp_pa
 )
 def test_non_numeric_keys_name_the_key(key, value, message):
     with pytest.raises(UserError) as info:
-        DigitsDataModule(**{key: value})
+        ready(DigitsDataModule(**{key: value}))
     assert str(info.value).startswith(message)
 
 
 def test_numeric_strings_are_accepted_and_range_checks_kept():
-    dm = DigitsDataModule(batch_size="16", num_workers="0", val_split="0.2", crop_pct="0.9", mean=["0.1"] * 3)
+    dm = ready(
+        DigitsDataModule(batch_size="16", num_workers="0", val_split="0.2", crop_pct="0.9", mean=["0.1"] * 3)
+    )
     assert (dm.batch_size, dm.num_workers, dm.val_split, dm.input_spec.crop_pct) == (16, 0, 0.2, 0.9)
     assert dm.input_spec.mean == (0.1, 0.1, 0.1)
     with pytest.raises(UserError, match="data.batch_size=0 must be at least 1"):
-        DigitsDataModule(batch_size=0)
+        ready(DigitsDataModule(batch_size=0))
     with pytest.raises(UserError, match=r"data.val_split=1.5 must be in \[0, 1\)"):
-        DigitsDataModule(val_split="1.5")
+        ready(DigitsDataModule(val_split="1.5"))
 
 
 # -- ~ and $VAR in path keys -----------------------------------------------------------------------
@@ -312,11 +317,11 @@ def test_paths_expand_home_and_environment_variables(tmp_path, monkeypatch):
         f"train/{p.parent.name}/{p.name},{p.parent.name}" for p in sorted((data / "imgs/train").rglob("*.*"))
     ]
     (home / "l.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
-    dm = CSVDataModule(csv="~/l.csv", root="$MY_DATA/imgs", img_size=32, val_split=0.34)
+    dm = ready(CSVDataModule(csv="~/l.csv", root="$MY_DATA/imgs", img_size=32, val_split=0.34))
     dm.setup()
     assert len(dm.dataset("train")) + len(dm.dataset("val")) == 9
     write_cifar_batches(home / "cifar")
-    assert len(CIFAR10DataModule(root="~/cifar", download=False).class_names) == 10
+    assert len(ready(CIFAR10DataModule(root="~/cifar", download=False)).class_names) == 10
     with pytest.raises(
         UserError, match=rf"data.root=\$MY_DATA/none does not exist \(looked for {data}/none\)"
     ):

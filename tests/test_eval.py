@@ -12,8 +12,8 @@ from classifier.errors import UserError
 from classifier.training import evaluate, train
 
 
-def test_eval_reproduces_the_training_metrics(digits_run, tmp_path):
-    run_dir, metrics = digits_run
+def test_eval_reproduces_the_training_metrics(small_digits_run, tmp_path):
+    run_dir, metrics = small_digits_run
     cfg = compose_config(
         "eval", tmp_path, [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", "data.batch_size=100"]
     )

@@ -15,9 +15,10 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from conftest import write_image_folder
-from omegaconf import OmegaConf
+from conftest import compose_config, hydra_job_logging, write_image_folder
+from hydra.core.global_hydra import GlobalHydra
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard.writer import FileWriter
 
 from classifier.atomic import write_atomically
@@ -35,7 +36,8 @@ SHORT = [
     "trainer.limit_train_batches=4",
     "trainer.limit_val_batches=2",
     "trainer.limit_test_batches=2",
-    "data.batch_size=32",
+    "data.batch_size=16",
+    "model.width=8",  # a quarter of the default's work per image: these tests are about the run, not the net
     "logger=csv",
 ]
 
@@ -63,8 +65,8 @@ def last_checkpoint(run_dir: Path) -> dict:
 # -- checkpoints are data ----------------------------------------------------------------------
 
 
-def tampered_checkpoint(digits_run, tmp_path: Path, edit) -> Path:
-    run_dir, _ = digits_run
+def tampered_checkpoint(small_digits_run, tmp_path: Path, edit) -> Path:
+    run_dir, _ = small_digits_run
     checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
     edit(checkpoint["classifier"]["config"])
     path = tmp_path / "tampered.ckpt"
@@ -106,9 +108,9 @@ def _touch(marker: Path) -> dict:
         ("partial", lambda cfg, marker: cfg["model"].update(_partial_=True), "model: it asks for _partial_"),
     ],
 )
-def test_a_checkpoint_cannot_make_eval_call_other_code(digits_run, tmp_path, section, edit, refused):
+def test_a_checkpoint_cannot_make_eval_call_other_code(small_digits_run, tmp_path, section, edit, refused):
     marker = tmp_path / "code-ran"
-    path = tampered_checkpoint(digits_run, tmp_path, lambda cfg: edit(cfg, marker))
+    path = tampered_checkpoint(small_digits_run, tmp_path, lambda cfg: edit(cfg, marker))
     with pytest.raises(UserError, match="refused to rebuild the checkpoint's") as error:
         load_run(str(path))
     assert refused in str(error.value)
@@ -116,8 +118,8 @@ def test_a_checkpoint_cannot_make_eval_call_other_code(digits_run, tmp_path, sec
     assert not marker.exists()
 
 
-def test_an_untampered_checkpoint_still_rebuilds(digits_run):
-    run_dir, _ = digits_run
+def test_an_untampered_checkpoint_still_rebuilds(small_digits_run):
+    run_dir, _ = small_digits_run
     module, datamodule = load_run(str(run_dir / "checkpoints" / "best.ckpt"))
     assert module.class_names == [str(d) for d in range(10)] and datamodule.num_classes == 10
 
@@ -162,6 +164,15 @@ def test_the_tensorboard_events_hold_the_confusion_matrix_when_train_returns(
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     assert "test/confusion_matrix" in events.Tags()["images"]
+    # The HPARAMS tab: the run's hyperparameters, and the metrics to compare runs by, each a scalar
+    plugin_data = [HParamsPluginData.FromString(c) for c in events.PluginTagToContent("hparams").values()]
+    start = next(d.session_start_info for d in plugin_data if d.HasField("session_start_info"))
+    assert start.hparams["model/name"].string_value == "scratch_cnn"
+    assert start.hparams["optimizer/lr"].number_value == pytest.approx(1e-3)
+    experiment = next(d.experiment for d in plugin_data if d.HasField("experiment"))
+    declared = [info.name.tag for info in experiment.metric_infos]
+    assert declared == ["val/top1", "val/ece", "test/top1"]
+    assert set(declared) <= set(events.Tags()["scalars"])
 
 
 def test_debug_fdr_writes_no_reports_and_leaves_other_libraries_at_warning(compose_train, tmp_path):
@@ -169,25 +180,11 @@ def test_debug_fdr_writes_no_reports_and_leaves_other_libraries_at_warning(compo
     assert train(cfg) == {}
     run_dir = tmp_path / "run"
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "checkpoints" / "last.ckpt").exists()
-    # Apply the logging config Hydra would apply for `python train.py debug=fdr`, then restore.
-    job_logging = OmegaConf.to_container(cfg.hydra.job_logging, resolve=True)
-    root, saved = (
-        logging.getLogger(),
-        {name: logging.getLogger(name).level for name in ("classifier", "lightning")},
-    )
-    handlers, level = root.handlers[:], root.level
-    try:
-        logging.config.dictConfig(job_logging)
+    with hydra_job_logging(cfg):  # what `python train.py debug=fdr` logs under
         assert logging.getLogger("matplotlib.font_manager").getEffectiveLevel() == logging.WARNING
         assert logging.getLogger("PIL.PngImagePlugin").getEffectiveLevel() == logging.WARNING
         assert logging.getLogger("classifier.data.base").getEffectiveLevel() == logging.DEBUG
         assert logging.getLogger("lightning.pytorch.trainer").getEffectiveLevel() == logging.INFO
-    finally:
-        for handler in root.handlers:
-            handler.close()
-        root.handlers[:], root.level = handlers, level
-        for name, old in saved.items():
-            logging.getLogger(name).setLevel(old)
 
 
 # -- the run directory -------------------------------------------------------------------------
@@ -214,10 +211,18 @@ def test_an_unwritable_checkpoint_folder_fails_before_training(compose_train, tm
     assert not (tmp_path / "run" / "csv" / "metrics.csv").exists()  # no epoch ran
 
 
+@pytest.fixture(scope="module")
+def finished_short_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("short_run") / "run"
+    train(compose_config("train", run_dir, [*SHORT, "trainer.max_epochs=2"]))
+    GlobalHydra.instance().clear()
+    return run_dir
+
+
 @pytest.fixture
-def short_run(compose_train, tmp_path) -> Path:
-    """A finished 2-epoch run: its run directory."""
-    train(compose_train(*SHORT, "trainer.max_epochs=2"))
+def short_run(finished_short_run, tmp_path) -> Path:
+    """A finished 2-epoch run (trained once per module), copied to this test's run directory."""
+    shutil.copytree(finished_short_run, tmp_path / "run")
     return tmp_path / "run"
 
 
@@ -246,7 +251,7 @@ def test_rerunning_a_run_dir_with_other_data_or_model_is_refused(compose_train, 
     ):
         train(compose_train(*SHORT, *other_data, "trainer.max_epochs=3"))
     with pytest.raises(UserError, match="holds a run of another model configuration"):
-        train(compose_train(*SHORT, "model.width=8", "trainer.max_epochs=3"))
+        train(compose_train(*SHORT, "model.width=16", "trainer.max_epochs=3"))
 
 
 def test_a_moved_run_dir_keeps_its_best_checkpoint_record(compose_train, short_run, tmp_path):
@@ -416,8 +421,8 @@ def test_a_leading_tilde_in_override_values_is_expanded_before_hydra_parses_them
     ]
 
 
-def test_model_weights_and_ckpt_path_expand_home_and_variables(digits_run, tmp_path, monkeypatch):
-    run_dir, _ = digits_run
+def test_model_weights_and_ckpt_path_expand_home_and_variables(small_digits_run, tmp_path, monkeypatch):
+    run_dir, _ = small_digits_run
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("WEIGHTS", str(tmp_path / "w"))
     (tmp_path / "w").mkdir()

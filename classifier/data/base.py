@@ -6,18 +6,16 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 
 import lightning as L
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from classifier.data.numeric import to_number, to_numbers
 from classifier.data.transforms import (
-    DEFAULT_CROP_PCT,
+    DEFAULT_CROP_MODE,
     DEFAULT_CROP_SCALE,
     PHOTO_SIDE,
     InputSpec,
@@ -28,6 +26,17 @@ from classifier.data.transforms import (
 from classifier.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _SetUp:
+    """What ClassificationDataModule.setup() read."""
+
+    class_names: list[str]
+    input_spec: InputSpec
+    train_transform: Callable
+    eval_transform: Callable
+    datasets: dict[str, Dataset]
 
 
 @dataclass
@@ -76,15 +85,22 @@ def default_num_workers() -> int:
 
 
 class ClassificationDataModule(L.LightningDataModule):
-    """Shared data logic; a subclass provides `class_names` and `load_splits()`.
+    """Shared data logic; a subclass provides `read_class_names()` and `load_splits()`, and
+    `prepare_data()` when it downloads.
+
+    Nothing is read at construction, only the arguments checked. The steps are explicit, as
+    Lightning names them: `prepare_data()` fetches missing files (a download), `setup()` reads the
+    class names, judges the input size and reads the splits; `class_names`, `input_spec`,
+    `has_test`, the transforms and `dataset()` are what setup read (asking earlier is an error).
 
     Args:
         batch_size: images per step on each device.
         num_workers: loader processes; None picks one per CPU core (up to 8), or 0 for data held in memory.
-        img_size: square side fed to the model; None is the data set's `native_img_size`.
+        img_size: square side fed to the model; None is the data set's `native_img_size()`.
         mean, std: normalisation; None is ImageNet's.
-        crop_pct: eval crop: resize the short side to img_size / crop_pct, then center-crop; None
-            is 1.0 (no crop) up to 64 px and 0.875 above.
+        crop_pct: eval crop: scale to img_size / crop_pct, then crop img_size; None is 1.0 (no crop)
+            up to 64 px and timm's default (0.875) above.
+        crop_mode: how the eval crop scales: timm's 'center' (short side), 'squash' or 'border'.
         interpolation: resize filter (a torchvision InterpolationMode name).
         train_crop: 'pad' (pad-and-crop), 'resized' (random-resized crop) or 'auto' (pad up to 64 px).
         crop_scale: area range of the random-resized crop.
@@ -94,7 +110,7 @@ class ClassificationDataModule(L.LightningDataModule):
         on_bad_image: 'skip' (warn and drop each undecodable file) or 'error' (fail, listing them all).
     """
 
-    native_img_size: int = PHOTO_SIDE  # subclasses that read files set it before this __init__ runs
+    NATIVE_IMG_SIZE: int = PHOTO_SIDE  # the input side when data.img_size is null, unless read from files
     in_memory: bool = False
 
     def __init__(
@@ -106,6 +122,7 @@ class ClassificationDataModule(L.LightningDataModule):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         crop_pct: float | None = None,
+        crop_mode: str = DEFAULT_CROP_MODE,
         interpolation: str = "bilinear",
         train_crop: str = "auto",
         crop_scale: Sequence[float] = DEFAULT_CROP_SCALE,
@@ -125,44 +142,77 @@ class ClassificationDataModule(L.LightningDataModule):
         if not 0 <= self.val_split < 1:
             raise UserError(f"data.val_split={val_split} must be in [0, 1)")
         self.split_seed = to_number(split_seed, "data.split_seed", int)
-        self.input_spec = self._input_spec(img_size, mean, std, crop_pct, interpolation)
-        crop_scale = to_numbers(crop_scale, "data.crop_scale", 2)
-        self.train_transform = create_train_transform(self.input_spec, train_crop, crop_scale, hflip)
-        self.eval_transform = create_eval_transform(self.input_spec)
+        # InputSpec fields that were given; the side and crop that depend on the images come in setup.
+        self._input_args = {
+            "img_size": None if img_size is None else to_number(img_size, "data.img_size", int),
+            "mean": None if mean is None else to_numbers(mean, "data.mean", 3),
+            "std": None if std is None else to_numbers(std, "data.std", 3),
+            "crop_pct": None if crop_pct is None else to_number(crop_pct, "data.crop_pct"),
+            "crop_mode": crop_mode,
+            "interpolation": interpolation,
+        }
+        self.train_crop, self.hflip = train_crop, hflip
+        self.crop_scale = to_numbers(crop_scale, "data.crop_scale", 2)
+        # Every value checked now, before any file is read: a spec and transforms of a stand-in side.
+        stand_in = self._resolve_input_spec(lambda: PHOTO_SIDE)
+        create_train_transform(stand_in, train_crop, self.crop_scale, hflip)
         self.on_bad_image = on_bad_image
-        self._datasets: dict[str, Dataset] | None = None
+        self._setup: _SetUp | None = None
 
-    def _input_spec(
-        self,
-        img_size: object,
-        mean: Sequence[float] | None,
-        std: Sequence[float] | None,
-        crop_pct: object,
-        interpolation: str,
-    ) -> InputSpec:
-        side = self.native_img_size if img_size is None else to_number(img_size, "data.img_size", int)
-        if crop_pct is None:
-            crop_pct = 1.0 if is_small(side) else DEFAULT_CROP_PCT
-        return InputSpec(
-            img_size=side,
-            mean=IMAGENET_DEFAULT_MEAN if mean is None else to_numbers(mean, "data.mean", 3),
-            std=IMAGENET_DEFAULT_STD if std is None else to_numbers(std, "data.std", 3),
-            crop_pct=to_number(crop_pct, "data.crop_pct"),
-            interpolation=interpolation,
-        )
+    def _resolve_input_spec(self, native_side: Callable[[], int]) -> InputSpec:
+        given = {key: value for key, value in self._input_args.items() if value is not None}
+        if "img_size" not in given:
+            given["img_size"] = native_side()
+        side = given["img_size"]
+        if "crop_pct" not in given and is_small(side):
+            given["crop_pct"] = 1.0  # small images train uncropped (pad-and-crop), so they evaluate so
+        return InputSpec(**given)
 
     # -- to implement ---------------------------------------------------------------------------
-    @cached_property
+    def read_class_names(self) -> list[str]:
+        """The class names, in label order (called once, by setup)."""
+        raise NotImplementedError
+
+    def native_img_size(self) -> int:
+        """The input side when data.img_size is null (called once, by setup; may read images)."""
+        return self.NATIVE_IMG_SIZE
+
+    def load_splits(self, class_names: list[str]) -> Splits:
+        """The untransformed splits, labelled by index in `class_names` (called once, by setup)."""
+        raise NotImplementedError
+
+    # -- what setup read ------------------------------------------------------------------------
+    @property
+    def ready(self) -> _SetUp:
+        if self._setup is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.setup() has not run: call prepare_data() and setup() first"
+            )
+        return self._setup
+
+    @property
     def class_names(self) -> list[str]:
-        raise NotImplementedError
+        return self.ready.class_names
 
-    def load_splits(self) -> Splits:
-        raise NotImplementedError
-
-    # -- shared ---------------------------------------------------------------------------------
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.ready.input_spec
+
+    @property
+    def train_transform(self) -> Callable:
+        return self.ready.train_transform
+
+    @property
+    def eval_transform(self) -> Callable:
+        return self.ready.eval_transform
+
+    @property
+    def has_test(self) -> bool:
+        return "test" in self.ready.datasets
 
     @property
     def num_workers(self) -> int:
@@ -171,15 +221,13 @@ class ClassificationDataModule(L.LightningDataModule):
             return 0 if self.in_memory else default_num_workers()
         return self._num_workers
 
-    @property
-    def has_test(self) -> bool:
-        self.setup()
-        return "test" in self._datasets
-
     def setup(self, stage: str | None = None) -> None:
-        if self._datasets is not None:
+        """Read the class names, the input side and the splits (once; later calls return)."""
+        if self._setup is not None:
             return
-        splits = self.load_splits()
+        class_names = self.read_class_names()
+        spec = self._resolve_input_spec(self.native_img_size)
+        splits = self.load_splits(class_names)
         train, val = splits.train, splits.val
         if val is None:
             if self.val_split <= 0:
@@ -191,14 +239,19 @@ class ClassificationDataModule(L.LightningDataModule):
         for name, dataset in datasets.items():
             if len(dataset) == 0:
                 raise UserError(f"the {name} split is empty ({type(self).__name__})")
-        self._datasets = datasets
+        self._setup = _SetUp(
+            class_names=class_names,
+            input_spec=spec,
+            train_transform=create_train_transform(spec, self.train_crop, self.crop_scale, self.hflip),
+            eval_transform=create_eval_transform(spec),
+            datasets=datasets,
+        )
         sizes = ", ".join(f"{name} {len(dataset)}" for name, dataset in datasets.items())
         log.info("data: %d classes; %s images", self.num_classes, sizes)
 
     def dataset(self, split: str) -> Dataset:
         """The untransformed images of `split` ('train', 'val' or 'test')."""
-        self.setup()
-        return self._datasets[split]
+        return self.ready.datasets[split]
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self.dataset(split)

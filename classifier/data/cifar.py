@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ class _CIFARDataModule(ClassificationDataModule):
     """Reads `root`/<base_folder>/ as torchvision lays it out (file names and URL come from
     torchvision's own dataset class), or `root` as an ImageFolder tree with train/ and test/."""
 
-    native_img_size = 32
+    NATIVE_IMG_SIZE = 32
     torchvision_dataset: type[CIFAR10] = CIFAR10
     title = "CIFAR"
 
@@ -52,14 +51,18 @@ class _CIFARDataModule(ClassificationDataModule):
     def _has_files(self) -> bool:
         return is_image_folder_tree(self.root) or all(path.is_file() for path in self._batch_files())
 
-    def prepare_data(self) -> None:
-        if self._has_files():
-            return
-        dataset = self.torchvision_dataset
-        where = (
+    def _missing(self) -> str:
+        return (
             f"{self.title} is not in data.root={self.root} (expected {self.batches_dir}/ or an ImageFolder"
             f" with train/ and test/)"
         )
+
+    def prepare_data(self) -> None:
+        """Download and extract the archive when its files are not under data.root."""
+        if self._has_files():
+            return
+        dataset = self.torchvision_dataset
+        where = self._missing()
         if not self.download:
             raise UserError(f"{where} and data.download=false: put {dataset.filename} extracted there")
         try:
@@ -72,9 +75,9 @@ class _CIFARDataModule(ClassificationDataModule):
                 f" extract it into {self.root}"
             ) from exc
 
-    @cached_property
-    def class_names(self) -> list[str]:
-        self.prepare_data()
+    def read_class_names(self) -> list[str]:
+        if not self._has_files():
+            raise UserError(f"{self._missing()}: prepare_data() fetches them")
         if is_image_folder_tree(self.root):
             return find_class_names(self.root / "train")
         meta = self.torchvision_dataset.meta
@@ -88,10 +91,9 @@ class _CIFARDataModule(ClassificationDataModule):
             labels.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
         return TensorImageDataset(torch.from_numpy(np.concatenate(images)), labels)
 
-    def load_splits(self) -> Splits:
-        self.prepare_data()
+    def load_splits(self, class_names: list[str]) -> Splits:
         if is_image_folder_tree(self.root):
-            return read_image_folder(self.root, self.root / "train", self.class_names, self.on_bad_image)
+            return read_image_folder(self.root, self.root / "train", class_names, self.on_bad_image)
         dataset = self.torchvision_dataset
         return Splits(
             train=self._read_batches(dataset.train_list), test=self._read_batches(dataset.test_list)

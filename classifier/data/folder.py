@@ -120,10 +120,9 @@ class ImageFolderDataModule(ClassificationDataModule):
     """Any folder of images sorted into one sub-folder per class."""
 
     def __init__(self, root: str, **kwargs):
-        self.root = root  # before the base __init__, which reads native_img_size
         super().__init__(**kwargs)
+        self.root = root
 
-    @property
     def native_img_size(self) -> int:
         train_dir = self.train_dir
         return infer_input_side(sample_image_files(train_dir), f"in {train_dir}", relative_to=train_dir)
@@ -136,9 +135,8 @@ class ImageFolderDataModule(ClassificationDataModule):
     def train_dir(self) -> Path:
         return train_dir_of(self.root_dir)
 
-    @cached_property
-    def class_names(self) -> list[str]:
+    def read_class_names(self) -> list[str]:
         return find_class_names(self.train_dir)
 
-    def load_splits(self) -> Splits:
-        return read_image_folder(self.root_dir, self.train_dir, self.class_names, self.on_bad_image)
+    def load_splits(self, class_names: list[str]) -> Splits:
+        return read_image_folder(self.root_dir, self.train_dir, class_names, self.on_bad_image)

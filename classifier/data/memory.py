@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import cached_property
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -40,14 +38,13 @@ def load_digit_images(side: int = 32) -> tuple[torch.Tensor, np.ndarray]:
 class DigitsDataModule(ClassificationDataModule):
     """Offline default: a fixed, stratified 64/16/20 train/val/test split of the digits."""
 
-    native_img_size = 32
+    NATIVE_IMG_SIZE = 32
     in_memory = True
 
-    @cached_property
-    def class_names(self) -> list[str]:
+    def read_class_names(self) -> list[str]:
         return [str(d) for d in range(10)]
 
-    def load_splits(self) -> Splits:
+    def load_splits(self, class_names: list[str]) -> Splits:
         images, targets = load_digit_images()
         indices = np.arange(len(targets))
         rest, test = train_test_split(indices, test_size=0.2, random_state=0, stratify=targets)

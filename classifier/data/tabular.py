@@ -118,14 +118,12 @@ class CSVDataModule(ClassificationDataModule):
         delimiter: str | None = None,
         **kwargs,
     ):
-        # Set before the base __init__, which reads native_img_size.
+        super().__init__(**kwargs)
         self.csv_path = csv
         self.root = root
         self.path_column, self.label_column, self.split_column = path_column, label_column, split_column
         self.encoding, self.delimiter = encoding, delimiter
-        super().__init__(**kwargs)
 
-    @property
     def native_img_size(self) -> int:
         base = self._image_root()
         paths = [base / row[self.path_column].strip() for row in spread_sample(self.rows)]
@@ -174,8 +172,7 @@ class CSVDataModule(ClassificationDataModule):
     def _split_of(self, row: dict[str, str]) -> str:
         return (row.get(self.split_column) or "train").strip().lower()
 
-    @cached_property
-    def class_names(self) -> list[str]:
+    def read_class_names(self) -> list[str]:
         return _sort_labels(
             {row[self.label_column].strip() for row in self.rows if self._split_of(row) == "train"}
         )
@@ -183,8 +180,8 @@ class CSVDataModule(ClassificationDataModule):
     def _image_root(self) -> Path:
         return expand_path(self.root) if self.root else self._csv_file().parent
 
-    def load_splits(self) -> Splits:
-        index = {name: i for i, name in enumerate(self.class_names)}
+    def load_splits(self, class_names: list[str]) -> Splits:
+        index = {name: i for i, name in enumerate(class_names)}
         base = self._image_root()
         samples: dict[str, list] = {name: [] for name in SPLITS}
         for row in self.rows:

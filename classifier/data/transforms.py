@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data import DEFAULT_CROP_MODE, DEFAULT_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import InterpolationMode, v2
 
 from classifier.errors import UserError
@@ -17,7 +18,10 @@ TRAIN_CROPS = ("auto", "pad", "resized")
 SMALL_IMAGE_MAX_SIDE = 64
 PHOTO_SIDE = 224
 MIN_SIDE = 8  # below this, a few conv strides leave nothing to classify
-DEFAULT_CROP_PCT = 0.875  # photos: eval on the centre 87.5% (ImageNet convention)
+# timm's eval crop modes: 'center' resizes the short side to img_size / crop_pct and crops the
+# centre; 'squash' resizes both sides to that (no aspect ratio kept); 'border' fits the long side
+# and pads with the mean colour.
+CROP_MODES = ("center", "squash", "border")
 # Area range of random-resized crops: milder than ImageNet-from-scratch's 0.08, for short fine-tunes.
 DEFAULT_CROP_SCALE = (0.25, 1.0)
 
@@ -34,12 +38,14 @@ def native_side(typical: int | None) -> int:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What the network is fed: square side in pixels, normalisation, eval crop and resize filter."""
+    """What the network is fed: square side in pixels, normalisation, eval crop and resize filter.
+    The defaults are timm's (ImageNet mean and std, its crop): the one place they are set."""
 
     img_size: int
     mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
     std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
-    crop_pct: float = DEFAULT_CROP_PCT  # eval: resize the short side to img_size / crop_pct, center-crop
+    crop_pct: float = DEFAULT_CROP_PCT  # eval: scale to img_size / crop_pct, then crop img_size
+    crop_mode: str = DEFAULT_CROP_MODE
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
@@ -47,6 +53,8 @@ class InputSpec:
             raise UserError(f"data.img_size={self.img_size} is too small: use {MIN_SIDE} pixels or more")
         if not 0 < self.crop_pct <= 1:
             raise UserError(f"data.crop_pct={self.crop_pct} must be in (0, 1]")
+        if self.crop_mode not in CROP_MODES:
+            raise UserError(f"data.crop_mode={self.crop_mode!r} is not one of {', '.join(CROP_MODES)}")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise UserError("data.mean and data.std need 3 values each (R, G, B)")
         object.__setattr__(self, "img_size", int(self.img_size))
@@ -102,13 +110,15 @@ def create_train_transform(
 
 
 def create_eval_transform(spec: InputSpec) -> v2.Compose:
-    """Resize the short side to img_size / crop_pct, center-crop img_size."""
-    resize_to = round(spec.img_size / spec.crop_pct)
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize(resize_to, interpolation=_interpolation(spec.interpolation), antialias=True),
-            v2.CenterCrop(spec.img_size),
-            *_to_normalized_float(spec),
-        ]
-    )
+    """Scale to img_size / crop_pct and crop img_size from the centre, as timm's eval transform does
+    for each crop mode (same scale size, same fill)."""
+    scale = math.floor(spec.img_size / spec.crop_pct)
+    interpolation = _interpolation(spec.interpolation)
+    if spec.crop_mode == "squash":
+        resize = v2.Resize((scale, scale), interpolation=interpolation, antialias=True)
+    elif spec.crop_mode == "border":
+        resize = v2.Resize(None, max_size=scale, interpolation=interpolation, antialias=True)
+    else:
+        resize = v2.Resize(scale, interpolation=interpolation, antialias=True)
+    # Cropped after normalising: the padding a 'border' crop adds is 0 there, i.e. the mean colour.
+    return v2.Compose([v2.ToImage(), resize, *_to_normalized_float(spec), v2.CenterCrop(spec.img_size)])

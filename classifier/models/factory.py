@@ -9,7 +9,8 @@ from urllib.parse import urlparse
 
 import timm
 from huggingface_hub import constants as hf_constants
-from timm.models import get_pretrained_cfg
+from timm.data import resolve_data_config
+from timm.models import PretrainedCfg, get_pretrained_cfg
 from torch import nn
 
 from classifier.errors import UserError
@@ -22,8 +23,12 @@ SCRATCH_MODELS = {"scratch_cnn": ScratchCNN}
 
 
 def check_model_name(name: str) -> None:
-    """Raises UserError naming close matches when `name` is neither ours nor a timm architecture."""
-    if name in SCRATCH_MODELS or timm.is_model(name):
+    """Raises UserError naming close matches when `name` is neither ours nor a timm architecture,
+    or the valid tags when its '.tag' names weights timm does not have."""
+    if name in SCRATCH_MODELS:
+        return
+    if timm.is_model(name):
+        _pretrained_cfg(name)  # checks the tag
         return
     candidates = list(SCRATCH_MODELS) + timm.list_models()
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
@@ -31,24 +36,39 @@ def check_model_name(name: str) -> None:
     raise UserError(f"model.name={name!r} is neither scratch_cnn nor a timm model{hint}")
 
 
+def _pretrained_cfg(name: str) -> PretrainedCfg | None:
+    architecture, _, tag = name.partition(".")
+    try:
+        return get_pretrained_cfg(name)
+    except RuntimeError:  # timm: "Invalid pretrained tag (foo) for resnet18."
+        tags = [full.partition(".")[2] for full in timm.list_pretrained(f"{architecture}.*")]
+        valid = f"valid tags: {', '.join(tags)}" if tags else "timm has no pretrained weights for it"
+        message = f"model.name={name!r}: {architecture} has no weights tagged {tag!r}; {valid}"
+        raise UserError(message) from None
+
+
 def pretrained_input(name: str) -> dict | None:
-    """Input size, normalisation and resize filter that `name`'s pretrained weights were trained with."""
+    """Input size, normalisation, resize filter and eval crop of `name`'s pretrained weights, as timm
+    resolves them (`resolve_data_config`); None for models without pretrained weights."""
     if name in SCRATCH_MODELS:
         return None
-    cfg = get_pretrained_cfg(name)
+    cfg = _pretrained_cfg(name)
     if cfg is None:
         return None
+    resolved = resolve_data_config(pretrained_cfg=cfg.to_dict())
     return {
-        "img_size": cfg.input_size[-1],
-        "mean": list(cfg.mean),
-        "std": list(cfg.std),
-        "interpolation": cfg.interpolation or "bilinear",
+        "img_size": resolved["input_size"][-1],
+        "mean": list(resolved["mean"]),
+        "std": list(resolved["std"]),
+        "interpolation": resolved["interpolation"],
+        "crop_pct": resolved["crop_pct"],
+        "crop_mode": resolved["crop_mode"],
     }
 
 
 def _takes_img_size(name: str) -> bool:
-    # Only fixed-input-size models (ViT and kin) take img_size; CNNs reject the argument.
-    cfg = get_pretrained_cfg(name)
+    # Only fixed-input-size models (ViTs and kin) take img_size; CNNs reject the argument.
+    cfg = _pretrained_cfg(name)
     return bool(cfg and cfg.fixed_input_size)
 
 
@@ -93,7 +113,7 @@ def create_model(
     if weights:
         new_head = load_local_weights(model, weights)
     elif pretrained:
-        cfg = get_pretrained_cfg(name)
+        cfg = _pretrained_cfg(name)
         new_head = cfg is None or cfg.num_classes != num_classes
     else:
         new_head = False

@@ -1,0 +1,63 @@
+"""trainer=ddp_cpu through the real command line: Lightning's DDP launcher starts the script again for
+rank 1, which must join the run of rank 0 (one run directory, the run files written once), and the
+metrics must be those of both processes' halves of the data together."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, recomputed_metrics
+
+pytestmark = pytest.mark.slow  # two Python processes with torch: ~30 s
+
+
+def test_ddp_cpu_is_one_run_whose_metrics_cover_both_processes(tmp_path):
+    # The default run directory, outputs/<date>/<time> under the folder it is run from: rank 1 starts
+    # seconds after rank 0, so a time of its own would be another directory.
+    # val has 288 images and test 360: each process gets whole batches of 16 (no padding duplicates).
+    command = [
+        str(REPO / "train.py"),
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.enable_model_summary=false",
+        "data.batch_size=16",
+        "logger=none",
+    ]
+    result = subprocess.run(
+        [sys.executable, *command], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "Traceback" not in output
+    assert "distributed_backend=gloo" in output and "Starting with 2 processes" in output
+
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    files = sorted(str(path.relative_to(run_dir)) for path in run_dir.rglob("*") if path.is_file())
+    assert files == [
+        ".hydra/config.yaml",  # rank 1 is told hydra.output_subdir=null
+        ".hydra/hydra.yaml",
+        ".hydra/overrides.yaml",
+        ".lock",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "confusion_matrix.png",
+        "metrics.json",
+        "report.txt",
+        "train.log",
+        "train_ddp_process_1.log",  # rank 1's own log (Hydra names it after the job Lightning gives it)
+    ]
+    assert (run_dir / "train.log").read_text().count("reports written to") == 1
+    assert "reports written to" not in (run_dir / "train_ddp_process_1.log").read_text()
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (0, 2)
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    recomputed = recomputed_metrics(run_dir / "checkpoints" / "best.ckpt")  # whole splits, one process
+    for key, value in recomputed.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-5), key
+    assert "split: test (360 images)" in (run_dir / "report.txt").read_text()
