@@ -61,14 +61,32 @@ def pretrained_input_overrides(data_cfg: DictConfig, model_cfg: DictConfig) -> d
 
 
 def build_datamodule(
-    data_cfg: DictConfig, input_overrides: dict[str, Any] | None = None
+    data_cfg: DictConfig, input_overrides: dict[str, Any] | None = None, augment: DictConfig | None = None
 ) -> ClassificationDataModule:
-    """Instantiate `data_cfg`, fetch its files if needed and read them (class names, input size,
-    splits): the data module's explicit steps, before the model that depends on them is built."""
-    datamodule = instantiate(data_cfg, **(input_overrides or {}), _convert_="all")
+    """Instantiate `data_cfg` with the run's `augment` config, fetch its files if needed and read
+    them (class names, input size, splits): the data module's explicit steps, before the model that
+    depends on them is built."""
+    extra = dict(input_overrides or {})
+    if augment is not None:
+        extra["augment"] = OmegaConf.to_container(augment, resolve=True)
+    datamodule = instantiate(data_cfg, **extra, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup()
     return datamodule
+
+
+# Model and optimizer keys that shape training, not the network or the optimizer object: the module
+# takes them, and a checkpoint's saved model config is rebuilt without them.
+MODULE_MODEL_KEYS = ("freeze_backbone",)
+MODULE_OPTIMIZER_KEYS = ("layer_decay",)
+
+
+def _without(cfg: DictConfig, keys: tuple[str, ...]) -> DictConfig:
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for key in keys:
+            cfg.pop(key, None)
+    return cfg
 
 
 def build_net(model_cfg: DictConfig, num_classes: int, img_size: int) -> nn.Module:
@@ -77,6 +95,7 @@ def build_net(model_cfg: DictConfig, num_classes: int, img_size: int) -> nn.Modu
         raise UserError(
             f"model.num_classes={declared} but the data has {num_classes} classes; leave it null to infer it"
         )
+    model_cfg = _without(model_cfg, MODULE_MODEL_KEYS)
     return instantiate(model_cfg, num_classes=num_classes, img_size=img_size, _convert_="all")
 
 
@@ -92,9 +111,12 @@ def build_module(cfg: DictConfig, datamodule: ClassificationDataModule) -> Class
     return create_module(
         net=net,
         class_names=datamodule.class_names,
-        optimizer=instantiate(cfg.optimizer),
+        optimizer=instantiate(_without(cfg.optimizer, MODULE_OPTIMIZER_KEYS)),
         scheduler=scheduler,
         pretrained_backbone=uses_pretrained_weights(cfg.model),
+        class_weights=datamodule.loss_class_weights,
+        freeze_backbone=bool(cfg.model.get("freeze_backbone")),
+        layer_decay=cfg.optimizer.get("layer_decay"),
     )
 
 
@@ -115,12 +137,25 @@ def build_trainer(
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     check_accelerator(cfg.trainer.get("accelerator"))
     create_trainer = instantiate(cfg.trainer, _partial_=True)
+    precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
     with config_errors("trainer"):
         return create_trainer(
             callbacks=callbacks + list(extra_callbacks or []),
             logger=loggers or False,
             plugins=[AtomicCheckpointIO()],
+            precision=precision,
         )
+
+
+def resolve_precision(precision: str | int | None, accelerator: str | None) -> str | int | None:
+    """trainer.precision=auto: bf16-mixed on a CUDA GPU that supports it (Ampere and newer), 16-mixed
+    on older ones, 32-true elsewhere (mixed precision does not speed up CPUs). Other values as given."""
+    if str(precision) != "auto":
+        return precision
+    wants_gpu = str(accelerator).lower() in ("gpu", "cuda", "auto", "none")
+    if not (wants_gpu and torch.cuda.is_available()):
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
 def check_accelerator(accelerator: str | None) -> None:
@@ -239,7 +274,8 @@ def load_run(
         )
     # The checkpoint holds the weights; the class count comes from its class names.
     model_cfg = {**_saved_section(config, "model"), "pretrained": False, "weights": None}
-    model_cfg.pop("num_classes", None)
+    for key in ("num_classes", *MODULE_MODEL_KEYS):
+        model_cfg.pop(key, None)
     net = construct_allowed(
         model_cfg,
         ALLOWED_MODEL_FACTORIES,

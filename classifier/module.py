@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 
 from classifier.errors import UserError, config_errors
+from classifier.finetuning import freeze_backbone as freeze_backbone_of
+from classifier.finetuning import hold_frozen_norms
 from classifier.metrics import create_eval_metrics, create_top1, metric_key_part
 from classifier.optim import apply_lr_scales, param_groups
 
@@ -31,6 +35,13 @@ class ClassifierModule(L.LightningModule):
             across runs).
         pretrained_backbone: whether `net` starts from pretrained weights.
         pretrained_backbone_lr_scale: learning-rate multiplier of a pretrained backbone (not the head).
+        class_weights: per-class weights of the training loss (data.class_weights), or None.
+        freeze_backbone: train the head only (model.freeze_backbone): the backbone gets no
+            gradients and its batch norms stay in eval mode.
+        layer_decay: layer-wise learning-rate decay (optimizer.layer_decay), or None.
+        channels_last: NHWC memory layout for the network and its inputs (faster convolutions on
+            GPUs with tensor cores).
+        compile: `torch.compile` the network in place (same state_dict keys) when fitting starts.
     """
 
     def __init__(
@@ -42,6 +53,11 @@ class ClassifierModule(L.LightningModule):
         label_smoothing: float = 0.0,
         pretrained_backbone: bool = False,
         pretrained_backbone_lr_scale: float = 1.0,
+        class_weights: Sequence[float] | None = None,
+        freeze_backbone: bool = False,
+        layer_decay: float | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
@@ -49,8 +65,19 @@ class ClassifierModule(L.LightningModule):
         self.class_names = list(class_names)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         num_classes = len(self.class_names)
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise UserError(f"data.class_weights has {len(class_weights)} values for {num_classes} classes")
+        # Not persistent: a checkpoint's state_dict stays the network's and the metrics', so eval.py
+        # and weights files load it whatever the loss was weighted by.
+        weights = None if class_weights is None else torch.tensor([float(w) for w in class_weights])
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.soft_target_loss = SoftTargetCrossEntropy()
+        if freeze_backbone:
+            freeze_backbone_of(net)
+            hold_frozen_norms(net)
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
         self.train_loss = MeanMetric()
         self.train_top1 = create_top1(num_classes)
         self.eval_loss = nn.ModuleDict({stage: MeanMetric() for stage in EVAL_STAGES})
@@ -59,12 +86,46 @@ class ClassifierModule(L.LightningModule):
         self.val_top1_best.persistent(True)  # survives resume, like the checkpoint's best score
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        images, targets = batch
+    def train(self, mode: bool = True) -> ClassifierModule:
+        # Lightning puts the module back in training mode every epoch; frozen batch norms stay in eval.
+        super().train(mode)
+        if mode:
+            hold_frozen_norms(self.net)
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning restores the modes it captured around the sanity check, from before any train().
+        hold_frozen_norms(self.net)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.compile:
+            self.net.compile()  # in place: the state_dict keys stay those of the plain network
+
+    def training_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy against class indices, or against soft targets (one probability per class)
+        when a batch carries them (Mixup / CutMix: `MixupCutMix` adds them, label smoothing included)."""
+        if targets.ndim == 1:
+            smoothing = self.hparams.label_smoothing
+            return F.cross_entropy(logits, targets, weight=self.class_weights, label_smoothing=smoothing)
+        if self.class_weights is None:
+            return self.soft_target_loss(logits, targets)
+        # timm's SoftTargetCrossEntropy has no class weights: each image's loss is weighted by its
+        # targets' weight, normalised as F.cross_entropy does (sum of the weights, not the count).
+        weighted = targets * self.class_weights
+        return (-(weighted * F.log_softmax(logits, dim=-1)).sum()) / weighted.sum()
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, targets, *soft = batch
         logits = self(images)
-        loss = self.criterion(logits, targets)
+        if soft:
+            # Mixed images count as right when the top prediction is the class with the larger share.
+            loss, targets = self.training_loss(logits, soft[0]), soft[0].argmax(dim=-1)
+        else:
+            loss = self.training_loss(logits, targets)
         self.train_loss.update(loss.detach(), weight=targets.numel())
         self.train_top1.update(logits.detach(), targets)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
@@ -127,8 +188,9 @@ class ClassifierModule(L.LightningModule):
         if self.optimizer_factory is None:
             raise UserError("no optimizer configured: set optimizer=adamw or optimizer=sgd")
         scale = self.hparams.pretrained_backbone_lr_scale if self.hparams.pretrained_backbone else 1.0
+        groups = param_groups(self.net, backbone_lr_scale=scale, layer_decay=self.hparams.layer_decay)
         with config_errors("optimizer"):
-            optimizer = self.optimizer_factory(params=param_groups(self.net, backbone_lr_scale=scale))
+            optimizer = self.optimizer_factory(params=groups, **self._fused_option())
         apply_lr_scales(optimizer)
         if self.scheduler_factory is None:
             return optimizer
@@ -145,3 +207,17 @@ class ClassifierModule(L.LightningModule):
                 optimizer, total_steps=int(total_steps), steps_per_epoch=steps_per_epoch
             )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _fused_option(self) -> dict[str, bool]:
+        """fused=True for a torch optimizer that has a fused CUDA kernel (AdamW, SGD, Adam) when the
+        network is on a GPU and the config leaves `fused` unset: one kernel for all parameters
+        instead of several per tensor. Elsewhere torch picks its foreach implementation itself."""
+        factory = self.optimizer_factory
+        if self.device.type != "cuda" or getattr(factory, "keywords", {}).get("fused") is not None:
+            return {}
+        target = getattr(factory, "func", factory)
+        try:
+            takes_fused = "fused" in inspect.signature(target).parameters
+        except (TypeError, ValueError):
+            return {}
+        return {"fused": True} if takes_fused and target.__module__.startswith("torch.") else {}

@@ -8,31 +8,43 @@ from functools import partial
 
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 
 from classifier.errors import UserError
+from classifier.finetuning import head_parameter_ids, layer_ids
 
 
-def param_groups(net: nn.Module, backbone_lr_scale: float = 1.0) -> list[dict]:
-    """Groups by (head or backbone) x (decayed or not). Biases, norm weights and the tokens a timm
-    model lists in `no_weight_decay()` get no weight decay; `lr_scale` is applied by `apply_lr_scales`.
+def param_groups(
+    net: nn.Module, backbone_lr_scale: float = 1.0, layer_decay: float | None = None
+) -> list[dict]:
+    """Groups by (head or backbone) x (decayed or not) x layer. Biases, norm weights and the tokens
+    a timm model lists in `no_weight_decay()` get no weight decay. With `layer_decay`, a parameter
+    of layer i of n (timm's `group_matcher`, the head last) learns at layer_decay ** (n - 1 - i) x
+    lr (BEiT's layer-wise decay, as timm's `param_groups_layer_decay`). `lr_scale` is applied by
+    `apply_lr_scales`.
+
+    Frozen parameters are grouped too: the optimizer skips them while they get no gradient, and
+    a callback that unfreezes them later finds them already scheduled.
     """
-    head = net.get_classifier() if hasattr(net, "get_classifier") else None
-    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    head_ids = head_parameter_ids(net)
     skip_decay = set(net.no_weight_decay()) if hasattr(net, "no_weight_decay") else set()
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    layers, top = {}, 0
+    if layer_decay is not None:
+        if not 0 < layer_decay <= 1:
+            raise UserError(f"optimizer.layer_decay={layer_decay} must be in (0, 1]")
+        layers = layer_ids(net, coarse=False, purpose="optimizer.layer_decay")
+        top = max(layers.values(), default=0)
+    groups: dict[tuple[bool, bool, int], list[nn.Parameter]] = {}
     for name, param in net.named_parameters():
-        if not param.requires_grad:
-            continue
         decay = param.ndim > 1 and name not in skip_decay
-        groups.setdefault((id(param) in head_ids, decay), []).append(param)
+        groups.setdefault((id(param) in head_ids, decay, layers.get(name, top)), []).append(param)
     return [
         {
             "params": params,
-            "lr_scale": 1.0 if is_head else backbone_lr_scale,
+            "lr_scale": (1.0 if is_head else backbone_lr_scale) * (layer_decay or 1.0) ** (top - layer),
             **({} if decay else {"weight_decay": 0.0}),
         }
-        for (is_head, decay), params in groups.items()
+        for (is_head, decay, layer), params in groups.items()
     ]
 
 
@@ -69,5 +81,53 @@ def warmup_cosine(
     warmup_steps = min(round(warmup_epochs * steps_per_epoch), math.floor(max_warmup_fraction * total_steps))
     factor: Callable[[int], float] = partial(
         warmup_cosine_factor, warmup_steps=warmup_steps, total_steps=total_steps, min_lr_ratio=min_lr_ratio
+    )
+    return LambdaLR(optimizer, factor)
+
+
+def one_cycle(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    pct_start: float = 0.25,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1.0e4,
+) -> OneCycleLR:
+    """Smith's one-cycle policy (torch's OneCycleLR) over the whole run, peaking at each group's lr;
+    momentum (AdamW's beta1) cycles inversely."""
+    max_lrs = [group["lr"] for group in optimizer.param_groups]
+    return OneCycleLR(
+        optimizer,
+        max_lr=max_lrs,
+        total_steps=total_steps,
+        pct_start=pct_start,
+        div_factor=div_factor,
+        final_div_factor=final_div_factor,
+    )
+
+
+def step_decay_factor(step: int, warmup_steps: int, decay_steps: int, gamma: float) -> float:
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return gamma ** (step // decay_steps)
+
+
+def step_decay(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    step_epochs: float = 30.0,
+    gamma: float = 0.1,
+    warmup_epochs: float = 0.0,
+) -> LambdaLR:
+    """The classic step schedule (torchvision's reference recipe: x0.1 every 30 epochs), with an
+    optional linear warmup, stepped per batch."""
+    if step_epochs <= 0:
+        raise UserError(f"scheduler.step_epochs={step_epochs} must be positive")
+    factor = partial(
+        step_decay_factor,
+        warmup_steps=round(warmup_epochs * steps_per_epoch),
+        decay_steps=max(1, round(step_epochs * steps_per_epoch)),
+        gamma=gamma,
     )
     return LambdaLR(optimizer, factor)

@@ -47,7 +47,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg.data, pretrained_input_overrides(cfg.data, cfg.model))
+    datamodule = build_datamodule(
+        cfg.data, pretrained_input_overrides(cfg.data, cfg.model), augment=cfg.get("augment")
+    )
     module = build_module(cfg, datamodule)
     config = run_config(cfg)
     metadata = RunMetadata(config, datamodule.class_names, datamodule.input_spec.to_dict())

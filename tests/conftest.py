@@ -201,7 +201,7 @@ class BatchRecorder(L.Callback):
     def _record(self, split: str, trainer: L.Trainer, batch, batch_idx: int) -> None:
         if trainer.sanity_checking:
             return
-        images, labels = batch
+        images, labels = batch[0], batch[1]  # Mixup/CutMix append soft targets
         entry = (trainer.current_epoch, batch_idx, labels.tolist(), images.double().sum().item())
         self.batches[split].append(entry)
 

@@ -143,8 +143,8 @@ TRAINER_OBJECTS = {
     "cpu": (CPUAccelerator, SingleDeviceStrategy, 1, Precision, "32-true"),
     "debug": (CPUAccelerator, SingleDeviceStrategy, 1, Precision, "32-true"),
     "ddp_cpu": (CPUAccelerator, DDPStrategy, 2, Precision, "32-true"),
-    "gpu": (CUDAAccelerator, SingleDeviceStrategy, 1, MixedPrecision, "16-mixed"),
-    "ddp": (CUDAAccelerator, DDPStrategy, 2, MixedPrecision, "16-mixed"),
+    "gpu": (CUDAAccelerator, SingleDeviceStrategy, 1, MixedPrecision, "bf16-mixed"),
+    "ddp": (CUDAAccelerator, DDPStrategy, 2, MixedPrecision, "bf16-mixed"),
 }
 GPU_TRAINERS = {"gpu", "ddp"}
 
@@ -161,6 +161,7 @@ def test_every_trainer_config_builds_its_trainer(trainer, tmp_path, monkeypatch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr("lightning.fabric.accelerators.cuda.num_cuda_devices", lambda: gpus)
     monkeypatch.setattr("lightning.pytorch.accelerators.cuda.num_cuda_devices", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)  # an Ampere or newer GPU
     # Trainer(benchmark=...) sets this global
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
     built = build_trainer(cfg, with_loggers=False)

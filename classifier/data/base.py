@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import lightning as L
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler
 
 from classifier.data.numeric import to_number, to_numbers
 from classifier.data.transforms import (
     DEFAULT_CROP_MODE,
     DEFAULT_CROP_SCALE,
     PHOTO_SIDE,
+    Augment,
     InputSpec,
     create_eval_transform,
     create_train_transform,
@@ -80,6 +81,20 @@ def split_off_val(train: Dataset, fraction: float, seed: int) -> tuple[Subset, S
     return Subset(train, sorted(train_idx.tolist())), Subset(train, sorted(val_idx.tolist()))
 
 
+SAMPLERS = (None, "balanced")
+
+
+def _check_class_weights(value: str | Sequence[float] | None) -> str | list[float] | None:
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, str):
+        raise UserError(f"data.class_weights={value!r}: use auto, null or a list of numbers (one per class)")
+    weights = [to_number(w, "data.class_weights") for w in value]
+    if any(w < 0 for w in weights):
+        raise UserError(f"data.class_weights={weights} must not be negative")
+    return weights
+
+
 def default_num_workers() -> int:
     return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
@@ -108,6 +123,12 @@ class ClassificationDataModule(L.LightningDataModule):
         val_split: fraction of train held out for validation when the data has no val split.
         split_seed: seed of that split; fixed apart from the run seed so eval.py sees the same split.
         on_bad_image: 'skip' (warn and drop each undecodable file) or 'error' (fail, listing them all).
+        augment: the `augment` config (policy, colour jitter, erasing on top of the crop and flip);
+            None is the basic crop and flip.
+        class_weights: weights of the training loss per class: None, 'auto' (inverse frequency in
+            the training split, N / (K * n_c)) or one number per class.
+        sampler: None (shuffle) or 'balanced' (each training image drawn with probability 1/n_c of
+            its class, with replacement: every class about equally often per epoch).
     """
 
     NATIVE_IMG_SIZE: int = PHOTO_SIDE  # the input side when data.img_size is null, unless read from files
@@ -130,6 +151,9 @@ class ClassificationDataModule(L.LightningDataModule):
         val_split: float = 0.1,
         split_seed: int = 0,
         on_bad_image: str = "skip",
+        augment: Mapping | None = None,
+        class_weights: str | Sequence[float] | None = None,
+        sampler: str | None = None,
     ):
         super().__init__()
         self.batch_size = to_number(batch_size, "data.batch_size", int)
@@ -153,9 +177,16 @@ class ClassificationDataModule(L.LightningDataModule):
         }
         self.train_crop, self.hflip = train_crop, hflip
         self.crop_scale = to_numbers(crop_scale, "data.crop_scale", 2)
+        self.augment = Augment.from_config(augment)
+        self.class_weights = _check_class_weights(class_weights)
+        if sampler not in SAMPLERS:
+            raise UserError(
+                f"data.sampler={sampler!r} is not one of null, {', '.join(s for s in SAMPLERS if s)}"
+            )
+        self.sampler = sampler
         # Every value checked now, before any file is read: a spec and transforms of a stand-in side.
         stand_in = self._resolve_input_spec(lambda: PHOTO_SIDE)
-        create_train_transform(stand_in, train_crop, self.crop_scale, hflip)
+        create_train_transform(stand_in, train_crop, self.crop_scale, hflip, self.augment)
         self.on_bad_image = on_bad_image
         self._setup: _SetUp | None = None
 
@@ -242,7 +273,9 @@ class ClassificationDataModule(L.LightningDataModule):
         self._setup = _SetUp(
             class_names=class_names,
             input_spec=spec,
-            train_transform=create_train_transform(spec, self.train_crop, self.crop_scale, self.hflip),
+            train_transform=create_train_transform(
+                spec, self.train_crop, self.crop_scale, self.hflip, self.augment
+            ),
             eval_transform=create_eval_transform(spec),
             datasets=datasets,
         )
@@ -253,13 +286,49 @@ class ClassificationDataModule(L.LightningDataModule):
         """The untransformed images of `split` ('train', 'val' or 'test')."""
         return self.ready.datasets[split]
 
+    def class_counts(self, split: str = "train") -> np.ndarray:
+        """Images per class in `split`, in label order."""
+        return np.bincount(targets_of(self.dataset(split)), minlength=self.num_classes)
+
+    @property
+    def loss_class_weights(self) -> list[float] | None:
+        """The training loss's class weights (data.class_weights), resolved against the training split."""
+        if self.class_weights is None:
+            return None
+        if self.class_weights != "auto":
+            if len(self.class_weights) != self.num_classes:
+                raise UserError(
+                    f"data.class_weights has {len(self.class_weights)} values; the data has"
+                    f" {self.num_classes} classes ({', '.join(self.class_names[:10])})"
+                )
+            return list(self.class_weights)
+        counts = self.class_counts()
+        missing = [name for name, count in zip(self.class_names, counts, strict=True) if count == 0]
+        if missing:
+            log.warning("data.class_weights=auto: no training images of %s; weight 0", ", ".join(missing))
+        # N / (K n_c): the average weight over the training images is 1, so the loss keeps its scale.
+        return [float(counts.sum() / (len(counts) * c)) if c else 0.0 for c in counts]
+
+    def _train_sampler(self) -> WeightedRandomSampler | None:
+        if self.sampler != "balanced":
+            return None
+        labels = np.asarray(targets_of(self.dataset("train")))
+        per_image = 1.0 / self.class_counts()[labels]
+        # Under DDP, Lightning wraps a custom sampler in its DistributedSamplerWrapper (each process
+        # takes every world_size-th of the sampler's draws), since use_distributed_sampler is on.
+        return WeightedRandomSampler(
+            torch.as_tensor(per_image, dtype=torch.double), len(labels), replacement=True
+        )
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self.dataset(split)
         transform = self.train_transform if train else self.eval_transform
+        sampler = self._train_sampler() if train else None
         return DataLoader(
             Transformed(dataset, transform),
             batch_size=self.batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             # A last batch of one image breaks BatchNorm in training; it is kept when evaluating.
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=self.num_workers,

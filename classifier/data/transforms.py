@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from timm.data import DEFAULT_CROP_MODE, DEFAULT_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data.auto_augment import rand_augment_transform
 from torchvision.transforms import InterpolationMode, v2
 
 from classifier.errors import UserError
@@ -77,20 +78,96 @@ def _to_normalized_float(spec: InputSpec) -> list[v2.Transform]:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)]
 
 
+POLICIES = ("randaugment", "trivialaugment", "autoaugment")
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentation on top of the base crop and flip: the `augment` config group.
+
+    crop, hflip: the base random crop and horizontal flip (false: resize only / no flip).
+    policy: None, 'randaugment' (timm's RandAugment, `num_ops` ops at `magnitude` of 0..30 with
+        std 0.5, as DeiT), 'trivialaugment' (torchvision's TrivialAugmentWide) or 'autoaugment'
+        (torchvision's AutoAugment: the CIFAR-10 policy for small images, ImageNet's for photos).
+    color_jitter: brightness, contrast and saturation strength (0: off).
+    erasing: probability of random erasing (a box set to the mean colour) per image.
+    """
+
+    crop: bool = True
+    hflip: bool = True
+    policy: str | None = None
+    num_ops: int = 2
+    magnitude: int = 9
+    color_jitter: float = 0.0
+    erasing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.policy is not None and self.policy not in POLICIES:
+            raise UserError(f"augment.policy={self.policy!r} is not one of null, {', '.join(POLICIES)}")
+        if not 0 <= self.magnitude <= 30:
+            raise UserError(f"augment.magnitude={self.magnitude} must be in 0..30")
+        if self.num_ops < 0:
+            raise UserError(f"augment.num_ops={self.num_ops} must be 0 or more")
+        for key in ("color_jitter", "erasing"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise UserError(f"augment.{key}={getattr(self, key)} must be in [0, 1]")
+
+    @classmethod
+    def from_config(cls, config: Mapping | None) -> Augment:
+        """From the `augment` config (None: the basic crop and flip); unknown keys are an error."""
+        config = dict(config or {})
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise UserError(f"augment.{unknown[0]} is not an augmentation key ({', '.join(sorted(known))})")
+        return cls(**config)
+
+
+def _policy(augment: Augment, spec: InputSpec) -> list[Callable]:
+    """The augmentation policy and colour jitter, on PIL images: for small images before the crop
+    and flip (measured on 32 px: timm's PIL RandAugment there costs a third of torchvision's on
+    tensors after the crop, and before or after it they draw the same distortions), for photos
+    after it, on img_size pixels."""
+    interpolation = _interpolation(spec.interpolation)
+    steps: list[Callable] = []
+    if augment.policy == "randaugment":
+        mean = tuple(round(255 * m) for m in spec.mean)
+        hparams = {"translate_const": int(spec.img_size * 0.45), "img_mean": mean}
+        # timm's ops take PIL images: tensors from in-memory data sets (digits, CIFAR) become one
+        # (a PIL image passes ToPILImage unchanged).
+        policy = rand_augment_transform(f"rand-m{augment.magnitude}-n{augment.num_ops}-mstd0.5", hparams)
+        steps += [v2.ToPILImage(), policy]
+    elif augment.policy == "trivialaugment":
+        steps.append(v2.TrivialAugmentWide(interpolation=interpolation))
+    elif augment.policy == "autoaugment":
+        policy = v2.AutoAugmentPolicy.CIFAR10 if is_small(spec.img_size) else v2.AutoAugmentPolicy.IMAGENET
+        steps.append(v2.AutoAugment(policy, interpolation=interpolation))
+    if augment.color_jitter:
+        strength = augment.color_jitter
+        steps.append(v2.ColorJitter(brightness=strength, contrast=strength, saturation=strength))
+    return steps
+
+
 def create_train_transform(
     spec: InputSpec,
     crop: str = "auto",
     crop_scale: Sequence[float] = DEFAULT_CROP_SCALE,
     hflip: bool = True,
+    augment: Augment | None = None,
 ) -> v2.Compose:
     """Random crop (pad-and-crop for small images, random-resized crop for photos; 'auto' picks by
-    the input side) and flip.
+    the input side) and flip, with `augment`'s policy, colour jitter and random erasing.
 
     Raises:
         UserError: `crop` is not one of TRAIN_CROPS.
     """
+    augment = augment or Augment()
     size, interpolation = spec.img_size, _interpolation(spec.interpolation)
-    if crop == "auto":
+    if crop not in TRAIN_CROPS:
+        raise UserError(f"data.train_crop={crop!r} is not one of {', '.join(TRAIN_CROPS)}")
+    if not augment.crop:
+        crop = "none"
+    elif crop == "auto":
         crop = "pad" if is_small(size) else "resized"
     if crop == "pad":
         # Resize is a no-op when images already have the side length (CIFAR at 32 px).
@@ -102,11 +179,17 @@ def create_train_transform(
         steps = [
             v2.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=interpolation, antialias=True)
         ]
-    else:
-        raise UserError(f"data.train_crop={crop!r} is not one of {', '.join(TRAIN_CROPS)}")
-    if hflip:
+    else:  # augment.crop=false: the whole image at the input size, as evaluation sees it uncropped
+        steps = [v2.Resize(size, interpolation=interpolation, antialias=True), v2.CenterCrop(size)]
+    if hflip and augment.hflip:
         steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose([v2.ToImage(), *steps, *_to_normalized_float(spec)])
+    # Erased after normalising: value 0 is then the mean colour.
+    erasing = [v2.RandomErasing(augment.erasing, value=0)] if augment.erasing else []
+    policy = _policy(augment, spec)
+    if policy and not is_small(size):
+        # Photos: crop first, so the policy works on img_size pixels, not on the whole photo.
+        return v2.Compose([*steps, *policy, v2.ToImage(), *_to_normalized_float(spec), *erasing])
+    return v2.Compose([*policy, v2.ToImage(), *steps, *_to_normalized_float(spec), *erasing])
 
 
 def create_eval_transform(spec: InputSpec) -> v2.Compose:

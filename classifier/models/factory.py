@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 import socket
 from urllib.parse import urlparse
 
@@ -78,6 +79,7 @@ def create_model(
     img_size: int | None = None,
     pretrained: bool = False,
     weights: str | None = None,
+    cifar_stem: bool = False,
     **kwargs,
 ) -> nn.Module:
     """A backbone with a `num_classes` head.
@@ -89,6 +91,8 @@ def create_model(
         pretrained: load the timm hub weights (needs network).
         weights: path to a local state_dict or checkpoint of the same architecture; a head of
             another size is replaced. A new head on pretrained features starts at zero.
+        cifar_stem: for timm ResNets, the 3x3 stride-1 stem without max-pool of CIFAR ResNets
+            (He et al. 2016, sec. 4.2), so 32 px images keep their resolution into the stages.
         **kwargs: passed to the model constructor (drop_rate, drop_path_rate, width, ...); None
             values are dropped.
 
@@ -105,11 +109,16 @@ def create_model(
             raise UserError(
                 f"model.pretrained=true: {name} has no pretrained weights; use model.weights=PATH"
             )
-        model = SCRATCH_MODELS[name](num_classes=num_classes, **kwargs)
+        try:
+            model = SCRATCH_MODELS[name](num_classes=num_classes, **kwargs)
+        except TypeError as exc:
+            raise _unsupported_option(name, exc) from exc
     else:
         if img_size and _takes_img_size(name):
             kwargs["img_size"] = img_size
         model = _create_timm_model(name, num_classes, pretrained, kwargs)
+    if cifar_stem:
+        use_cifar_stem(model, name)
     if weights:
         new_head = load_local_weights(model, weights)
     elif pretrained:
@@ -120,6 +129,28 @@ def create_model(
     if new_head:
         zero_init_head(model)
     return model
+
+
+def use_cifar_stem(model: nn.Module, name: str) -> None:
+    """Replaces a timm ResNet's 7x7 stride-2 conv and max-pool (4x downsampling, meant for 224 px)
+    with one 3x3 stride-1 conv: at 32 px the last stage then sees 4x4 maps instead of 1x1."""
+    conv = getattr(model, "conv1", None)
+    if not isinstance(conv, nn.Conv2d) or not hasattr(model, "maxpool"):
+        raise UserError(f"model.cifar_stem=true works for timm ResNets (conv1 + maxpool stem), not {name}")
+    model.conv1 = nn.Conv2d(
+        conv.in_channels, conv.out_channels, kernel_size=3, stride=1, padding=1, bias=False
+    )
+    model.maxpool = nn.Identity()
+
+
+def _unsupported_option(name: str, exc: TypeError) -> UserError:
+    """'model.drop_path_rate is not an option of vgg11' for a constructor's unexpected keyword."""
+    match = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+    if match is None:
+        return UserError(f"model {name}: {exc}")
+    key = match.group(1)
+    what = {"drop_path_rate": "stochastic depth", "drop_rate": "dropout"}.get(key, "this option")
+    return UserError(f"model.{key} is not an option of {name} (it has no {what}): leave it null")
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -140,7 +171,7 @@ def _create_timm_model(name: str, num_classes: int, pretrained: bool, kwargs: di
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except TypeError as exc:
-        raise UserError(f"model {name}: {exc}") from exc
+        raise _unsupported_option(name, exc) from exc
     except Exception as exc:
         if not pretrained:
             raise

@@ -54,6 +54,11 @@ class ScratchCNN(nn.Module):
         self.drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes)
 
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """timm's layer grouping (for layer-wise lr decay and gradual unfreezing): the first conv,
+        then each later layer of `features`; the head, unmatched, comes last."""
+        return {"stem": r"^features\.0\.", "blocks": r"^features\.(\d+)\."}
+
     def get_classifier(self) -> nn.Module:
         return self.head
 
