@@ -468,3 +468,18 @@ def test_each_experiment_composes_and_runs_a_fast_dev_run(
     (recorder,) = recorders
     assert [len(recorder.batches[split]) for split in ("train", "val", "test")] == [1, 1, 1]
     assert np.isfinite(recorder.train_loss).all()
+
+
+def test_torch_optimizers_take_their_fused_kernel_on_a_gpu_unless_configured(compose_train):
+    from classifier.builders import build_datamodule
+
+    for option, expected in [("adamw", {"fused": True}), ("sgd", {"fused": True}), ("lion", {})]:
+        cfg = compose_train(f"optimizer={option}")
+        module = build_module(cfg, build_datamodule(cfg.data))
+        assert module._fused_option() == {}  # on the CPU torch picks its own implementation
+        module._device = torch.device("cuda", 0)
+        assert module._fused_option() == expected, option
+    cfg = compose_train("+optimizer.fused=false")
+    module = build_module(cfg, build_datamodule(cfg.data))
+    module._device = torch.device("cuda", 0)
+    assert module._fused_option() == {}
