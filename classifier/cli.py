@@ -35,6 +35,8 @@ _QUIET_WARNINGS = (
     # resume line says so (classifier.callbacks.RunMetadata).
     r".*resuming from a checkpoint that ended before the epoch ended.*",
     r".*Checkpoint directory .* exists and is not empty.*",  # a resumed run's, or resume=false's
+    # A frozen backbone's batch norms are in eval mode on purpose (model.freeze_backbone, unfreeze).
+    r".*module\(s\) in eval mode at the start of training.*",
 )
 # `~` or `~/...` at the start of an override's value, or of one of its comma-separated sweep values.
 _HOME_IN_VALUE = re.compile(r"(^|,)~(?=/|,|$)")
