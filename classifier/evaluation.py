@@ -9,9 +9,9 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from classifier.data import ClassificationDataModule
-from classifier.metrics import summary_of
+from classifier.metrics import ECE_BINS, summary_of
 from classifier.module import ClassifierModule
-from classifier.reports import format_metrics, write_reports
+from classifier.reports import format_metrics, reliability_bins, write_reports
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,8 @@ def evaluate_and_report(
     source: str | None,
 ) -> dict[str, float]:
     """Validate (and test, when the data has a test split) the module's weights; write
-    metrics.json, confusion_matrix.png and report.txt for the test split (else val) into
+    metrics.json, confusion_matrix.png, report.txt, report.json and reliability_diagram.png for the
+    test split (else val) into
     `output_dir`. `source` names the weights' checkpoint in report.txt (None: final weights).
     Returns the metrics written to metrics.json."""
     logged = trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -33,9 +34,11 @@ def evaluate_and_report(
         logged = trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update(summary_of(logged[0], "test"))
         split = "test"
+    confidences, correct = module.calibration_data(split)  # collective: every process gathers
     if trainer.is_global_zero:
         confusion = module.epoch_results(split)["confusion"].cpu().numpy()
-        figure = write_reports(output_dir, metrics, confusion, module.class_names, split, source)
+        bins = reliability_bins(confidences, correct, ECE_BINS)
+        figure = write_reports(output_dir, metrics, confusion, module.class_names, split, source, bins)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_figure(

@@ -7,11 +7,13 @@ import math
 from collections.abc import Callable, Sequence
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.utilities import dim_zero_cat
 
 from classifier.errors import UserError, config_errors
 from classifier.finetuning import freeze_backbone as freeze_backbone_of
@@ -144,6 +146,14 @@ class ClassifierModule(L.LightningModule):
         top1, top5 (5+ classes), ece, class_acc, confusion and loss. The reports read them here;
         the states are kept until the next epoch of that stage starts."""
         return {**self.eval_metrics[stage].compute(), "loss": self.eval_loss[stage].compute()}
+
+    def calibration_data(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
+        """Top-1 probability and whether it was right, per image of the last `stage` epoch: what
+        the ECE metric accumulated, gathered from every device (every process must call this)."""
+        ece = self.eval_metrics[stage]["ece"]
+        with ece.sync_context():
+            confidences, correct = dim_zero_cat(ece.confidences), dim_zero_cat(ece.accuracies)
+        return confidences.float().cpu().numpy(), correct.float().cpu().numpy()
 
     def _reset_eval_metrics(self, stage: str) -> None:
         self.eval_metrics[stage].reset()

@@ -1,4 +1,5 @@
-"""The report files of a run directory: metrics.json, confusion_matrix.png, report.txt."""
+"""The report files of a run directory: metrics.json, confusion_matrix.png, report.txt, report.json,
+reliability_diagram.png."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from classifier.atomic import write_atomically
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.png"
 REPORT_FILE = "report.txt"
+REPORT_JSON_FILE = "report.json"
+RELIABILITY_FILE = "reliability_diagram.png"
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
@@ -45,6 +48,75 @@ def classification_report_text(confusion: np.ndarray, class_names: Sequence[str]
         digits=4,
         zero_division=0,
     )
+
+
+def classification_report_dict(confusion: np.ndarray, class_names: Sequence[str]) -> dict:
+    """The same report as a dict: {class name: {precision, recall, f1-score, support}, 'accuracy',
+    'macro avg', 'weighted avg'}."""
+    y_true, y_pred = labels_from_confusion(confusion)
+    return classification_report(
+        y_true,
+        y_pred,
+        labels=list(range(len(class_names))),
+        target_names=list(class_names),
+        output_dict=True,
+        zero_division=0,
+    )
+
+
+def reliability_bins(confidences: np.ndarray, correct: np.ndarray, n_bins: int) -> dict[str, np.ndarray]:
+    """Per confidence bin (n_bins equal widths over [0, 1], binned as torchmetrics bins for its ECE):
+    image count, mean confidence and accuracy (NaN for empty bins). ECE is
+    sum(count / N * |accuracy - confidence|) over the bins."""
+    confidences, correct = np.asarray(confidences, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+    boundaries = np.linspace(0, 1, n_bins + 1)
+    index = np.clip(np.digitize(confidences, boundaries) - 1, 0, n_bins - 1)
+    count = np.bincount(index, minlength=n_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        confidence = np.bincount(index, confidences, minlength=n_bins) / count
+        accuracy = np.bincount(index, correct, minlength=n_bins) / count
+    return {
+        "lower": boundaries[:-1],
+        "upper": boundaries[1:],
+        "count": count,
+        "confidence": confidence,
+        "accuracy": accuracy,
+    }
+
+
+def expected_calibration_error(bins: dict[str, np.ndarray]) -> float:
+    used = bins["count"] > 0
+    weights = bins["count"][used] / bins["count"].sum()
+    return float(np.sum(weights * np.abs(bins["accuracy"][used] - bins["confidence"][used])))
+
+
+def reliability_figure(bins: dict[str, np.ndarray], title: str) -> Figure:
+    """Accuracy against confidence per bin (bars), the diagonal of perfect calibration, and how
+    many images fall in each bin."""
+    fig = Figure(figsize=(5, 6), layout="constrained")
+    top, bottom = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
+    width = bins["upper"] - bins["lower"]
+    used = bins["count"] > 0
+    top.bar(
+        bins["lower"][used],
+        bins["accuracy"][used],
+        width=width[used],
+        align="edge",
+        edgecolor="black",
+        color="tab:blue",
+        label="accuracy",
+    )
+    top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    top.set(
+        title=f"{title}, ECE {expected_calibration_error(bins):.4f}",
+        ylabel="accuracy",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
+    top.legend(loc="upper left")
+    bottom.bar(bins["lower"], bins["count"], width=width, align="edge", color="tab:gray")
+    bottom.set(xlabel="confidence (top-1 probability)", ylabel="images")
+    return fig
 
 
 def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
@@ -87,8 +159,10 @@ def write_reports(
     class_names: Sequence[str],
     split: str,
     checkpoint: str | None,
+    bins: dict[str, np.ndarray] | None = None,
 ) -> Figure:
-    """Write metrics.json, confusion_matrix.png and report.txt for `split`; returns the figure."""
+    """Write metrics.json, confusion_matrix.png, report.txt and report.json for `split`, and
+    reliability_diagram.png from the confidence `bins`; returns the confusion figure."""
     output_dir.mkdir(parents=True, exist_ok=True)
     write_metrics(output_dir / METRICS_FILE, metrics)
     fig = confusion_figure(
@@ -103,4 +177,19 @@ def write_reports(
     ]
     text = "\n".join(header) + classification_report_text(confusion, class_names)
     write_atomically(text.encode(), output_dir / REPORT_FILE)
+    report = {
+        "split": split,
+        "images": int(np.sum(confusion)),
+        "checkpoint": checkpoint,
+        "metrics": metrics,
+        "classes": classification_report_dict(confusion, class_names),
+    }
+    if bins is not None:
+        report["reliability"] = {
+            key: [None if np.isnan(v) else float(v) for v in values] for key, values in bins.items()
+        } | {"ece": expected_calibration_error(bins)}
+    write_atomically((json.dumps(report, indent=2) + "\n").encode(), output_dir / REPORT_JSON_FILE)
+    if bins is not None:
+        title = f"{split} reliability ({int(np.sum(confusion))} images)"
+        save_figure(reliability_figure(bins, title), output_dir / RELIABILITY_FILE)
     return fig

@@ -47,6 +47,8 @@ def test_ddp_cpu_is_one_run_whose_metrics_cover_both_processes(tmp_path):
         "checkpoints/last.ckpt",
         "confusion_matrix.png",
         "metrics.json",
+        "reliability_diagram.png",
+        "report.json",
         "report.txt",
         "train.log",
         "train_ddp_process_1.log",  # rank 1's own log (Hydra names it after the job Lightning gives it)
@@ -61,3 +63,7 @@ def test_ddp_cpu_is_one_run_whose_metrics_cover_both_processes(tmp_path):
     for key, value in recomputed.items():
         assert metrics[key] == pytest.approx(value, abs=1e-5), key
     assert "split: test (360 images)" in (run_dir / "report.txt").read_text()
+    # the reliability bins hold both processes' images: their ECE is the run's
+    reliability = json.loads((run_dir / "report.json").read_text())["reliability"]
+    assert sum(reliability["count"]) == 360
+    assert reliability["ece"] == pytest.approx(metrics["test/ece"], abs=1e-5)

@@ -60,6 +60,24 @@ def test_metrics_json_is_a_plain_evaluation_of_the_best_checkpoint(small_digits_
     assert_metrics_match_a_plain_evaluation(run_dir, metrics)
 
 
+def test_report_json_and_reliability_diagram_describe_the_test_split(small_digits_run):
+    from PIL import Image
+
+    run_dir, metrics = small_digits_run
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["split"] == "test" and report["metrics"] == metrics
+    classes = report["classes"]
+    assert sum(classes[str(d)]["support"] for d in range(10)) == report["images"] == 360
+    # per-class recall = that class's accuracy; their support-weighted mean is top-1
+    weighted = sum(classes[str(d)]["recall"] * classes[str(d)]["support"] for d in range(10)) / 360
+    assert weighted == pytest.approx(metrics["test/top1"], abs=1e-6)
+    assert classes["accuracy"] == pytest.approx(metrics["test/top1"], abs=1e-6)
+    assert sum(report["reliability"]["count"]) == 360
+    assert report["reliability"]["ece"] == pytest.approx(metrics["test/ece"], abs=1e-5)
+    with Image.open(run_dir / "reliability_diagram.png") as image:
+        assert image.size[0] > 300 and len(set(image.convert("L").getdata())) > 10
+
+
 @pytest.mark.slow  # several epochs, to show it learns
 def test_imagefolder_run_with_val_and_test_folders(compose_train, tmp_path):
     root = write_image_folder(tmp_path / "pets", {"train": 12, "val": 4, "test": 4})
