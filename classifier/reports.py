@@ -37,31 +37,23 @@ def labels_from_confusion(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.repeat(true, counts), np.repeat(pred, counts)
 
 
+def _classification_report(confusion: np.ndarray, class_names: Sequence[str], **options):
+    y_true, y_pred = labels_from_confusion(confusion)
+    labels = list(range(len(class_names)))
+    return classification_report(
+        y_true, y_pred, labels=labels, target_names=list(class_names), zero_division=0, **options
+    )
+
+
 def classification_report_text(confusion: np.ndarray, class_names: Sequence[str]) -> str:
     """Per-class precision, recall, F1 and support (scikit-learn's report), from a confusion matrix."""
-    y_true, y_pred = labels_from_confusion(confusion)
-    return classification_report(
-        y_true,
-        y_pred,
-        labels=list(range(len(class_names))),
-        target_names=list(class_names),
-        digits=4,
-        zero_division=0,
-    )
+    return _classification_report(confusion, class_names, digits=4)
 
 
 def classification_report_dict(confusion: np.ndarray, class_names: Sequence[str]) -> dict:
     """The same report as a dict: {class name: {precision, recall, f1-score, support}, 'accuracy',
     'macro avg', 'weighted avg'}."""
-    y_true, y_pred = labels_from_confusion(confusion)
-    return classification_report(
-        y_true,
-        y_pred,
-        labels=list(range(len(class_names))),
-        target_names=list(class_names),
-        output_dict=True,
-        zero_division=0,
-    )
+    return _classification_report(confusion, class_names, output_dict=True)
 
 
 def reliability_bins(confidences: np.ndarray, correct: np.ndarray, n_bins: int) -> dict[str, np.ndarray]:
