@@ -87,13 +87,13 @@ def test_basic_is_the_default_and_the_transform_of_before(compose_train):
 
 
 def test_overrides_reach_the_policy_and_bad_values_name_their_key(compose_train):
-    cfg = compose_train("augment=randaugment", "augment.magnitude=15", "augment.num_ops=3")
+    cfg = compose_train("augment=randaugment", "augment.magnitude=5", "augment.num_ops=3")
     datamodule = build_datamodule(cfg.data, augment=cfg.augment)
     (policy,) = [s for s in datamodule.train_transform.transforms if isinstance(s, TimmRandAugment)]
-    assert policy.num_layers == 3 and {op.magnitude for op in policy.ops} == {15}
+    assert policy.num_layers == 3 and {op.magnitude for op in policy.ops} == {5}
     for override, message in [
         ("augment.policy=mixmatch", "augment.policy='mixmatch' is not one of null, randaugment"),
-        ("augment.magnitude=31", "augment.magnitude=31 must be in 0..30"),
+        ("augment.magnitude=11", r"augment.magnitude=11 must be in 0..10 \(timm's RandAugment scale\)"),
         ("augment.erasing=1.5", r"augment.erasing=1.5 must be in \[0, 1\]"),
         ("+augment.colour=0.4", "augment.colour is not an augmentation key"),
     ]:
@@ -118,7 +118,7 @@ def test_none_is_deterministic_and_erasing_erases():
 
 def test_policies_work_on_in_memory_tensors_and_change_images():
     torch.manual_seed(0)
-    datamodule = ready(DigitsDataModule(augment={"policy": "randaugment", "magnitude": 20, "crop": False}))
+    datamodule = ready(DigitsDataModule(augment={"policy": "randaugment", "magnitude": 10, "crop": False}))
     image = datamodule.dataset("train")[0][0]
     assert isinstance(image, torch.Tensor)
     outputs = [datamodule.train_transform(image) for _ in range(8)]

@@ -86,9 +86,10 @@ class Augment:
     """Training augmentation on top of the base crop and flip: the `augment` config group.
 
     crop, hflip: the base random crop and horizontal flip (false: resize only / no flip).
-    policy: None, 'randaugment' (timm's RandAugment, `num_ops` ops at `magnitude` of 0..30 with
-        std 0.5, as DeiT), 'trivialaugment' (torchvision's TrivialAugmentWide) or 'autoaugment'
-        (torchvision's AutoAugment: the CIFAR-10 policy for small images, ImageNet's for photos).
+    policy: None, 'randaugment' (timm's RandAugment, `num_ops` ops at `magnitude` on timm's
+        0..10 scale, 10 being each op's maximum, with std 0.5: DeiT's rand-m9-n2-mstd0.5),
+        'trivialaugment' (torchvision's TrivialAugmentWide) or 'autoaugment' (torchvision's
+        AutoAugment: the CIFAR-10 policy for small images, ImageNet's for photos).
     color_jitter: brightness, contrast and saturation strength (0: off).
     erasing: probability of random erasing (a box set to the mean colour) per image.
     """
@@ -104,8 +105,9 @@ class Augment:
     def __post_init__(self) -> None:
         if self.policy is not None and self.policy not in POLICIES:
             raise UserError(f"augment.policy={self.policy!r} is not one of null, {', '.join(POLICIES)}")
-        if not 0 <= self.magnitude <= 30:
-            raise UserError(f"augment.magnitude={self.magnitude} must be in 0..30")
+        # timm clips RandAugment magnitudes to its 0..10 scale: a larger one would silently be 10.
+        if not 0 <= self.magnitude <= 10:
+            raise UserError(f"augment.magnitude={self.magnitude} must be in 0..10 (timm's RandAugment scale)")
         if self.num_ops < 0:
             raise UserError(f"augment.num_ops={self.num_ops} must be 0 or more")
         for key in ("color_jitter", "erasing"):
