@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.utilities import dim_zero_cat
+from torchmetrics.utilities.data import dim_zero_cat  # where torchmetrics 1.0 has it too
 
 from classifier.errors import UserError, config_errors
 from classifier.finetuning import freeze_backbone as freeze_backbone_of
