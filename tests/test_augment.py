@@ -1,4 +1,4 @@
-"""Augmentation presets (the `augment` group) and class imbalance (class weights, balanced sampler)."""
+"""Augmentation presets (the `augment` group); class imbalance is in test_imbalance.py."""
 
 from __future__ import annotations
 
@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import ready, write_image_folder
-from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from PIL import Image
 from timm.data.auto_augment import RandAugment as TimmRandAugment
 from torchvision.transforms import v2
 
 from classifier.builders import build_datamodule
-from classifier.data import DigitsDataModule, ImageFolderDataModule
+from classifier.data import DigitsDataModule
 from classifier.data.transforms import Augment, InputSpec, create_train_transform
-from classifier.errors import UserError, describe_user_error
+from classifier.errors import describe_user_error
 from classifier.training import train
 
 PRESETS = ["none", "basic", "strong", "randaugment", "trivialaugment", "autoaugment"]
@@ -133,73 +132,3 @@ def test_a_run_with_the_strong_preset_trains(compose_train, recorders):
     train(compose_train("augment=strong", "trainer.fast_dev_run=true", "logger=none", RECORD))
     (recorder,) = recorders
     assert np.isfinite(recorder.train_loss).all() and len(recorder.batches["train"]) == 1
-
-
-# -- class imbalance ------------------------------------------------------------------------------------
-def imbalanced_folder(tmp_path):
-    """train: 18 cat, 2 dog, 4 fox images; val: 2 of each."""
-    root = tmp_path / "imb"
-    for name, count in (("cat", 18), ("dog", 2), ("fox", 4)):
-        write_image_folder(root, {"train": count, "val": 2}, classes=(name,), size=16)
-    return root
-
-
-def folder_module(root, **kwargs):
-    return ready(ImageFolderDataModule(root=str(root), img_size=16, num_workers=0, batch_size=4, **kwargs))
-
-
-def test_auto_class_weights_are_inverse_frequency(tmp_path):
-    root = imbalanced_folder(tmp_path)
-    assert folder_module(root).loss_class_weights is None
-    weights = folder_module(root, class_weights="auto").loss_class_weights
-    assert weights == pytest.approx([24 / (3 * 18), 24 / (3 * 2), 24 / (3 * 4)])
-    assert folder_module(root, class_weights=[1, 2, 3]).loss_class_weights == [1, 2, 3]
-    with pytest.raises(UserError, match="data.class_weights has 2 values; the data has 3 classes"):
-        folder_module(root, class_weights=[1, 2]).loss_class_weights
-    with pytest.raises(UserError, match="data.class_weights='inverse': use auto, null or a list"):
-        folder_module(root, class_weights="inverse")
-
-
-def test_class_weights_reach_the_loss_of_a_run(compose_train, tmp_path):
-    from classifier.builders import build_module
-
-    root = imbalanced_folder(tmp_path)
-    cfg = compose_train(
-        "data=imagefolder", f"data.root={root}", "data.class_weights=auto", "data.num_workers=0"
-    )
-    module = build_module(cfg, build_datamodule(cfg.data))
-    assert module.class_weights.tolist() == pytest.approx([24 / 54, 4.0, 2.0])
-
-
-def labels_drawn(loader, epochs: int = 1) -> np.ndarray:
-    return np.concatenate([labels.numpy() for _ in range(epochs) for _, labels in loader])
-
-
-def test_balanced_sampler_draws_classes_equally_and_shuffle_does_not(tmp_path):
-    root = imbalanced_folder(tmp_path)
-    torch.manual_seed(0)
-    balanced = np.bincount(
-        labels_drawn(folder_module(root, sampler="balanced").train_dataloader(), 25), minlength=3
-    )
-    plain = np.bincount(labels_drawn(folder_module(root).train_dataloader(), 25), minlength=3)
-    assert plain.tolist() == [18 * 25, 2 * 25, 4 * 25]  # every image once per epoch
-    assert balanced.sum() == 24 * 25
-    assert balanced.max() / balanced.min() < 1.15
-    with pytest.raises(UserError, match="data.sampler='weighted' is not one of null, balanced"):
-        folder_module(root, sampler="weighted")
-
-
-def test_balanced_sampler_stays_balanced_when_sharded_over_processes(tmp_path):
-    root = imbalanced_folder(tmp_path)
-    datamodule = folder_module(root, sampler="balanced")
-    labels = np.asarray([label for _, label in datamodule.dataset("train")])
-    drawn = []
-    for epoch in range(20):
-        for rank in (0, 1):
-            torch.manual_seed(epoch)  # every process draws the same sequence (seed_everything in a run)
-            shard = DistributedSamplerWrapper(
-                datamodule._train_sampler(), num_replicas=2, rank=rank, shuffle=False
-            )
-            drawn += list(shard)
-    counts = np.bincount(labels[drawn], minlength=3)
-    assert counts.max() / counts.min() < 1.15

@@ -87,9 +87,9 @@ SAMPLERS = (None, "balanced")
 def _check_class_weights(value: str | Sequence[float] | None) -> str | list[float] | None:
     if value is None or value == "auto":
         return value
-    if isinstance(value, str):
+    if isinstance(value, str) or not isinstance(value, Sequence):
         raise UserError(f"data.class_weights={value!r}: use auto, null or a list of numbers (one per class)")
-    weights = [to_number(w, "data.class_weights") for w in value]
+    weights = [to_number(w, f"data.class_weights[{i}]") for i, w in enumerate(value)]
     if any(w < 0 for w in weights):
         raise UserError(f"data.class_weights={weights} must not be negative")
     return weights
@@ -314,8 +314,10 @@ class ClassificationDataModule(L.LightningDataModule):
             return None
         labels = np.asarray(targets_of(self.dataset("train")))
         per_image = 1.0 / self.class_counts()[labels]
-        # Under DDP, Lightning wraps a custom sampler in its DistributedSamplerWrapper (each process
-        # takes every world_size-th of the sampler's draws), since use_distributed_sampler is on.
+        # Under DDP with trainer.use_distributed_sampler=true (the default), Lightning wraps any
+        # sampler but Random/Sequential in fabric's DistributedSamplerWrapper (2.6: data_connector.py,
+        # _get_distributed_sampler): each process draws the N indices (the same ones: every rank has
+        # the run's seed) and keeps every world_size-th, so all ranks together still draw N, balanced.
         return WeightedRandomSampler(
             torch.as_tensor(per_image, dtype=torch.double), len(labels), replacement=True
         )
