@@ -4,6 +4,7 @@ train.py, eval.py and later predict.py / export.py all go through here."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -14,9 +15,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from classifier import data
-from classifier.checkpoints import AtomicCheckpointIO, load_checkpoint, saved_run
+from classifier.checkpoints import (
+    TRAIN_SECONDS_KEY,
+    AtomicCheckpointIO,
+    load_checkpoint,
+    saved_run,
+    saved_temperature,
+)
 from classifier.data import ClassificationDataModule
-from classifier.data.transforms import is_small
+from classifier.data.transforms import InputSpec, is_small
 from classifier.errors import UserError, config_errors
 from classifier.models import check_model_name, create_model, pretrained_input
 from classifier.module import ClassifierModule
@@ -244,34 +251,45 @@ def _saved_section(config: Any, key: str) -> dict[str, Any]:
     return dict(section)
 
 
-def load_run(
-    ckpt_path: str, data_overrides: dict[str, Any] | None = None
-) -> tuple[ClassifierModule, ClassificationDataModule]:
-    """The module (with the checkpoint's weights) and data module of a train.py checkpoint, rebuilt
-    from the config saved inside it; `data_overrides` replace its data keys (None values are ignored).
+@dataclass
+class SavedModel:
+    """A train.py checkpoint's model, rebuilt: what eval.py, predict.py and export.py work on."""
 
-    Only this project's data modules, model factory and module are built (ALLOWED_*), whatever
-    the saved config names, and its values are passed as plain data: nothing in the file can make
-    this call other code.
+    module: ClassifierModule  # with the checkpoint's weights and temperature
+    class_names: list[str]
+    input_spec: InputSpec  # the input the model was trained with (side, normalisation, eval crop)
+    config: dict[str, Any]  # the run's saved config
+    path: str
+    training: dict[str, Any]  # what the checkpoint says of its training: epoch, global_step, seconds
+
+    @property
+    def trains_with_flips(self) -> bool:
+        """Whether the run trained on mirrored images (its data.hflip and augment.hflip)."""
+        data_flip = (self.config.get("data") or {}).get("hflip", True)
+        augment_flip = (self.config.get("augment") or {}).get("hflip", True)
+        return bool(data_flip) and bool(augment_flip)
+
+
+def load_model(ckpt_path: str) -> SavedModel:
+    """The module of a train.py checkpoint, rebuilt from the config saved inside it, with its
+    weights and temperature; no data is read.
+
+    Only this project's model factory and module are built (ALLOWED_*), whatever the saved config
+    names, and its values are passed as plain data: nothing in the file can make this call other code.
 
     Raises:
-        UserError: unreadable checkpoint, a saved config that names other code, a data key the
-            checkpoint's data does not have, or data whose classes differ from the checkpoint's.
+        UserError: unreadable checkpoint, a saved config that names other code, or weights that do
+            not fit the saved model config.
     """
     checkpoint = load_checkpoint(ckpt_path)
-    saved = saved_run(checkpoint, f"ckpt_path={ckpt_path}")
+    what = f"ckpt_path={ckpt_path}"
+    saved = saved_run(checkpoint, what)
     config = saved["config"]
-    data_cfg = _apply_data_overrides(_saved_section(config, "data"), data_overrides or {})
-    # The input settings the model was trained with replace the data config's.
-    datamodule = construct_allowed({**data_cfg, **dict(saved["input"])}, ALLOWED_DATA_MODULES, "data")
-    datamodule.prepare_data()
-    datamodule.setup()
     class_names = [str(name) for name in saved["class_names"]]
-    if datamodule.class_names != class_names:
-        raise UserError(
-            f"the data's classes ({', '.join(datamodule.class_names[:10])}) differ from the checkpoint's"
-            f" ({', '.join(class_names[:10])})"
-        )
+    try:
+        input_spec = InputSpec(**dict(saved["input"]))
+    except (TypeError, UserError) as exc:
+        raise UserError(f"{what} holds input settings this version cannot use: {exc}") from exc
     # The checkpoint holds the weights; the class count comes from its class names.
     model_cfg = {**_saved_section(config, "model"), "pretrained": False, "weights": None}
     for key in ("num_classes", *MODULE_MODEL_KEYS):
@@ -281,7 +299,7 @@ def load_run(
         ALLOWED_MODEL_FACTORIES,
         "model",
         num_classes=len(class_names),
-        img_size=datamodule.input_spec.img_size,
+        img_size=input_spec.img_size,
     )
     module = construct_allowed(
         _saved_section(config, "module"), ALLOWED_MODULES, "module", net=net, class_names=class_names
@@ -289,7 +307,58 @@ def load_run(
     try:
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as exc:
+        raise UserError(f"{what}: its weights do not fit its own model config ({exc})") from exc
+    module.temperature = saved_temperature(saved, what)
+    training = {
+        "checkpoint_epoch": _count(checkpoint.get("epoch"), offset=1),
+        "global_step": _count(checkpoint.get("global_step")),
+        "seconds": _count(saved.get(TRAIN_SECONDS_KEY), kind=float),
+    }
+    return SavedModel(module, class_names, input_spec, dict(config), str(ckpt_path), training)
+
+
+def _count(value: Any, offset: int = 0, kind: type = int) -> int | float | None:
+    """A non-negative number from a checkpoint, or None for anything else (the file is data)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+        return None
+    return kind(value) + offset
+
+
+def saved_datamodule(
+    saved: SavedModel, data_overrides: dict[str, Any] | None = None
+) -> ClassificationDataModule:
+    """The data module of a checkpoint's run, from its saved config with `data_overrides` replacing
+    its data keys (None values are ignored) and the model's input settings; read and checked to
+    have the checkpoint's classes.
+
+    Raises:
+        UserError: a data key the checkpoint's data does not have, a saved config that names
+            other code, or data whose classes differ from the checkpoint's.
+    """
+    data_cfg = _apply_data_overrides(_saved_section(saved.config, "data"), data_overrides or {})
+    # The input settings the model was trained with replace the data config's.
+    data_cfg.update(saved.input_spec.to_dict())
+    datamodule = construct_allowed(data_cfg, ALLOWED_DATA_MODULES, "data")
+    datamodule.prepare_data()
+    datamodule.setup()
+    if datamodule.class_names != saved.class_names:
         raise UserError(
-            f"ckpt_path={ckpt_path}: its weights do not fit its own model config ({exc})"
-        ) from exc
-    return module, datamodule
+            f"the data's classes ({', '.join(datamodule.class_names[:10])}) differ from the checkpoint's"
+            f" ({', '.join(saved.class_names[:10])})"
+        )
+    return datamodule
+
+
+def load_run(
+    ckpt_path: str, data_overrides: dict[str, Any] | None = None
+) -> tuple[ClassifierModule, ClassificationDataModule]:
+    """The module (with the checkpoint's weights and temperature) and data module of a train.py
+    checkpoint, rebuilt from the config saved inside it; `data_overrides` replace its data keys
+    (None values are ignored). Builds only what load_model does, and this project's data modules.
+
+    Raises:
+        UserError: as load_model, and a data key the checkpoint's data does not have, or data
+            whose classes differ from the checkpoint's.
+    """
+    saved = load_model(ckpt_path)
+    return saved.module, saved_datamodule(saved, data_overrides)

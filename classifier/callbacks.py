@@ -19,6 +19,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from classifier.checkpoints import (
     RNG_KEY,
+    RUN_KEY,
+    TRAIN_SECONDS_KEY,
     add_run_state,
     collect_rng_states,
     restore_rng_states,
@@ -67,14 +69,25 @@ class RunMetadata(L.Callback):
         self.metadata = run_metadata(config, class_names, input_spec)
         self._resumed = False
         self._before_sanity_check: dict[str, Any] | None = None
+        # Training time over every run of this run directory (resumes add to it), for the model card.
+        self._seconds_before = 0.0
+        self._training_since: float | None = None
+
+    @property
+    def train_seconds(self) -> float:
+        """Seconds spent training (fit, validation epochs included), resumed runs included."""
+        running = time.perf_counter() - self._training_since if self._training_since is not None else 0.0
+        return self._seconds_before + running
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        add_run_state(checkpoint, self.metadata)
+        add_run_state(checkpoint, {**self.metadata, TRAIN_SECONDS_KEY: self.train_seconds})
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         if trainer.state.fn != TrainerFn.FITTING:  # validate/test of a checkpoint: nothing resumes
             return
         self._resumed = True
+        seconds = (checkpoint.get(RUN_KEY) or {}).get(TRAIN_SECONDS_KEY, 0.0)
+        self._seconds_before = float(seconds) if isinstance(seconds, int | float) and seconds >= 0 else 0.0
         if checkpoint.get(RNG_KEY):
             restore_rng_states(checkpoint[RNG_KEY])
 
@@ -88,7 +101,14 @@ class RunMetadata(L.Callback):
             restore_rng_states(self._before_sanity_check)
             self._before_sanity_check = None
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._seconds_before, self._training_since = self.train_seconds, None
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.on_train_end(trainer, pl_module)
+
     def on_train_start(self, trainer, pl_module) -> None:
+        self._training_since = time.perf_counter()
         if not self._resumed:
             return
         self._resumed = False

@@ -27,6 +27,10 @@ BEST = Path("checkpoints") / "best.ckpt"
 RUN_KEY = "classifier"
 RNG_KEY = "rng_states"
 RUN_FIELDS = ("config", "class_names", "input")
+# Seconds spent training so far, in the run metadata of every checkpoint (model_card.yaml reports it).
+TRAIN_SECONDS_KEY = "train_seconds"
+# Set in the run metadata by temperature scaling (calibrate=true); absent means 1.
+TEMPERATURE_KEY = "temperature"
 
 
 def run_metadata(
@@ -51,6 +55,28 @@ def saved_run(checkpoint: dict[str, Any], what: str) -> dict[str, Any]:
     if not isinstance(saved, dict) or not all(key in saved for key in RUN_FIELDS):
         raise UserError(f"{what} lacks the run config, class names or input settings")
     return saved
+
+
+def saved_temperature(saved: dict[str, Any], what: str) -> float:
+    """The temperature a checkpoint's run metadata holds (1.0 when it was never calibrated).
+
+    Raises:
+        UserError: it is not a positive finite number.
+    """
+    value = saved.get(TEMPERATURE_KEY, 1.0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        raise UserError(f"{what} holds temperature={value!r}, which is not a positive number")
+    return float(value)
+
+
+def save_with_temperature(source: str | Path, temperature: float, destination: str | Path) -> None:
+    """Write `source`'s checkpoint to `destination` (atomically; it may be `source` itself) with
+    `temperature` in its run metadata, where eval.py and predict.py read it."""
+    checkpoint = load_checkpoint(source)
+    checkpoint[RUN_KEY][TEMPERATURE_KEY] = float(temperature)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    write_atomically(buffer.getvalue(), Path(destination))
 
 
 def collect_rng_states() -> dict[str, Any]:

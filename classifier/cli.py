@@ -1,6 +1,6 @@
-"""Command-line entry points: what train.py / eval.py share (the command line as typed in bash,
-one-line errors, exit statuses), and the installed `classifier-train` / `classifier-eval` commands,
-which read the configs shipped in the package.
+"""Command-line entry points: what train.py, eval.py, predict.py and export.py share (the command line
+as typed in bash, one-line errors, exit statuses), and the installed `classifier-train`, `-eval`,
+`-predict` and `-export` commands, which read the configs shipped in the package.
 
 Nothing heavy is imported here: Hydra answers `--help` and config mistakes before torch, Lightning
 and timm load (seconds), and the task's module is imported once the config is composed.
@@ -23,7 +23,12 @@ from classifier.errors import CTRL_C_EXIT, SIGTERM_EXIT, RunInterrupted, describ
 log = logging.getLogger("classifier")
 
 # task name -> "module:function", imported only when the task runs.
-TASKS = {"train": "classifier.training:train", "eval": "classifier.training:evaluate"}
+TASKS = {
+    "train": "classifier.training:train",
+    "eval": "classifier.training:evaluate",
+    "predict": "classifier.prediction:predict",
+    "export": "classifier.export:export",
+}
 
 _QUIET_WARNINGS = (
     r".*does not have many workers.*",  # in-memory data: workers would only slow it down
@@ -78,7 +83,7 @@ def _is_sigterm(exc: SystemExit) -> bool:
 
 
 def run_task(name: str, cfg: DictConfig) -> float | None:
-    """Run the task `name` ('train' or 'eval') on `cfg`. A user mistake ends the process with one
+    """Run the task `name` (train, eval, predict or export) on `cfg`. A user mistake ends the process with one
     ERROR line and exit status 1 instead of a traceback; Ctrl-C with status 130 and SIGTERM with 143
     (the run's own log says how to resume). Returns the `optimized_metric` for Hydra sweepers."""
     task = _load_task(name)
@@ -133,6 +138,16 @@ def _evaluate(cfg: DictConfig) -> float | None:
     return run_task("eval", cfg)
 
 
+@hydra.main(version_base="1.3", config_path="pkg://classifier.conf", config_name="predict")
+def _predict(cfg: DictConfig) -> float | None:
+    return run_task("predict", cfg)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://classifier.conf", config_name="export")
+def _export(cfg: DictConfig) -> float | None:
+    return run_task("export", cfg)
+
+
 def train() -> None:
     """`classifier-train`: train.py from an installed package."""
     expand_home_in_argv()
@@ -143,3 +158,15 @@ def evaluate() -> None:
     """`classifier-eval`: eval.py from an installed package."""
     expand_home_in_argv()
     _evaluate()
+
+
+def predict() -> None:
+    """`classifier-predict`: predict.py from an installed package."""
+    expand_home_in_argv()
+    _predict()
+
+
+def export() -> None:
+    """`classifier-export`: export.py from an installed package."""
+    expand_home_in_argv()
+    _export()

@@ -12,7 +12,7 @@ from torchmetrics.classification import (
 )
 
 # The metrics every run reports in metrics.json, as <split>/<name>.
-SUMMARY_METRICS = ("top1", "top5", "ece", "loss")
+SUMMARY_METRICS = ("top1", "top5", "ece", "nll", "loss")
 ECE_BINS = 15
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import CatMetric, MaxMetric, MeanMetric
 from torchmetrics.utilities.data import dim_zero_cat  # where torchmetrics 1.0 has it too
 
 from classifier.errors import UserError, config_errors
@@ -20,6 +20,7 @@ from classifier.finetuning import freeze_backbone as freeze_backbone_of
 from classifier.finetuning import hold_frozen_norms
 from classifier.metrics import create_eval_metrics, create_top1, metric_key_part
 from classifier.optim import apply_lr_scales, param_groups
+from classifier.tta import TestTimeAugmentation
 
 EVAL_STAGES = ("val", "test")
 
@@ -83,7 +84,19 @@ class ClassifierModule(L.LightningModule):
         self.train_loss = MeanMetric()
         self.train_top1 = create_top1(num_classes)
         self.eval_loss = nn.ModuleDict({stage: MeanMetric() for stage in EVAL_STAGES})
+        self.eval_nll = nn.ModuleDict({stage: MeanMetric() for stage in EVAL_STAGES})
         self.eval_metrics = nn.ModuleDict({stage: create_eval_metrics(num_classes) for stage in EVAL_STAGES})
+        # How evaluation turns logits into the probabilities it reports (and predict.py outputs):
+        # divided by `temperature` (temperature scaling, kept in the checkpoint's run metadata),
+        # averaged over `tta`'s views when set. Neither changes training.
+        self.temperature = 1.0
+        self.tta: TestTimeAugmentation | None = None
+        # With keep_outputs, val/test epochs also keep every image's plain logits and label, for
+        # fitting a temperature and rescoring without running the network again.
+        self.keep_outputs = False
+        self.eval_outputs = nn.ModuleDict(
+            {stage: nn.ModuleDict({"logits": CatMetric(), "targets": CatMetric()}) for stage in EVAL_STAGES}
+        )
         self.val_top1_best = MaxMetric()
         self.val_top1_best.persistent(True)  # survives resume, like the checkpoint's best score
 
@@ -134,18 +147,60 @@ class ClassifierModule(L.LightningModule):
         self.log("train/top1", self.train_top1, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
-    def _eval_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-        images, targets = batch
+    def predict_probabilities(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class probabilities as evaluation reports them: with the temperature, averaged over the
+        TTA views when `tta` is set; the plain logits of the images themselves)."""
+        if self.tta is not None:
+            return self.tta.probabilities(self, images, self.temperature)
         logits = self(images)
+        return (logits.float() / self.temperature).softmax(dim=-1), logits
+
+    def _eval_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        images, targets = batch
+        probabilities, logits = self.predict_probabilities(images)
+        # loss: the plain network's cross-entropy (comparable with training's); nll: of the
+        # probabilities reported, after temperature scaling and TTA.
         loss = F.cross_entropy(logits, targets)
         self.eval_loss[stage].update(loss, weight=targets.numel())
-        self.eval_metrics[stage].update(logits.float().softmax(dim=-1), targets)
+        self._score(stage, probabilities, targets)
+        if self.keep_outputs:
+            self.eval_outputs[stage]["logits"].update(logits.detach().float())
+            self.eval_outputs[stage]["targets"].update(targets)
+        return probabilities
+
+    def _score(self, stage: str, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
+        picked = probabilities.gather(1, targets[:, None]).squeeze(1)
+        nll = -picked.clamp_min(torch.finfo(picked.dtype).tiny).log().mean()
+        self.eval_nll[stage].update(nll, weight=targets.numel())
+        self.eval_metrics[stage].update(probabilities, targets)
+
+    def kept_outputs(self, stage: str, gather: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The plain logits and labels of the last `stage` epoch run with keep_outputs: from every
+        device (collective: every process must call it), or this process's own (`gather=False`)."""
+        kept = self.eval_outputs[stage]
+        if not kept["targets"].value:  # its list state: empty until an update
+            raise RuntimeError(f"no {stage} outputs kept: set keep_outputs before the {stage} epoch")
+        if gather:
+            return kept["logits"].compute(), kept["targets"].compute().long()
+        return dim_zero_cat(kept["logits"].value), dim_zero_cat(kept["targets"].value).long()
+
+    def rescore(self, stage: str) -> None:
+        """Recompute the `stage` metrics from the kept logits at the current temperature, as if the
+        epoch had run again without TTA (the network does not run; `loss` stays what it was)."""
+        logits, targets = self.kept_outputs(stage, gather=False)  # each process its own share
+        self.eval_metrics[stage].reset()
+        self.eval_nll[stage].reset()
+        self._score(stage, (logits / self.temperature).softmax(dim=-1), targets)
 
     def epoch_results(self, stage: str) -> dict[str, torch.Tensor]:
         """Every metric of the last completed `stage` epoch ('val' or 'test'), over all devices:
-        top1, top5 (5+ classes), ece, class_acc, confusion and loss. The reports read them here;
+        top1, top5 (5+ classes), ece, class_acc, confusion, loss and nll. The reports read them here;
         the states are kept until the next epoch of that stage starts."""
-        return {**self.eval_metrics[stage].compute(), "loss": self.eval_loss[stage].compute()}
+        return {
+            **self.eval_metrics[stage].compute(),
+            "loss": self.eval_loss[stage].compute(),
+            "nll": self.eval_nll[stage].compute(),
+        }
 
     def calibration_data(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
         """Top-1 probability and whether it was right, per image of the last `stage` epoch: what
@@ -158,38 +213,49 @@ class ClassifierModule(L.LightningModule):
     def _reset_eval_metrics(self, stage: str) -> None:
         self.eval_metrics[stage].reset()
         self.eval_loss[stage].reset()
+        self.eval_nll[stage].reset()
+        for kept in self.eval_outputs[stage].values():
+            kept.reset()
 
     def _log_eval_epoch(self, stage: str) -> torch.Tensor:
         values = self.epoch_results(stage)
-        loss = values["loss"]
-        summary = {f"{stage}/loss": loss, f"{stage}/top1": values["top1"], f"{stage}/ece": values["ece"]}
-        if "top5" in values:
-            summary[f"{stage}/top5"] = values["top5"]
-        self.log_dict(summary, prog_bar=True)
-        per_class = {
-            f"{stage}/class_acc/{metric_key_part(name)}": acc
-            for name, acc in zip(self.class_names, values["class_acc"], strict=True)
+        # An epoch with test-time augmentation logs beside the plain one: val/top1_tta, ...
+        suffix = "_tta" if self.tta is not None else ""
+        summary = {
+            f"{stage}/top1{suffix}": values["top1"],
+            f"{stage}/ece{suffix}": values["ece"],
+            f"{stage}/nll{suffix}": values["nll"],
         }
-        self.log_dict(per_class)
+        if not suffix:  # the plain network's loss is the same with or without TTA
+            summary[f"{stage}/loss"] = values["loss"]
+        if "top5" in values:
+            summary[f"{stage}/top5{suffix}"] = values["top5"]
+        self.log_dict(summary, prog_bar=True)
+        if not suffix:
+            per_class = {
+                f"{stage}/class_acc/{metric_key_part(name)}": acc
+                for name, acc in zip(self.class_names, values["class_acc"], strict=True)
+            }
+            self.log_dict(per_class)
         return values["top1"]
 
     def on_validation_epoch_start(self) -> None:
         self._reset_eval_metrics("val")
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step("val", batch)
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._eval_step("val", batch)  # the probabilities: callbacks (dashboards) read them
 
     def on_validation_epoch_end(self) -> None:
         top1 = self._log_eval_epoch("val")
-        if not self.trainer.sanity_checking:
+        if not self.trainer.sanity_checking and self.tta is None:
             self.val_top1_best.update(top1)  # on the module's device, like the metric's state
             self.log("val/top1_best", self.val_top1_best.compute())
 
     def on_test_epoch_start(self) -> None:
         self._reset_eval_metrics("test")
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step("test", batch)
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._eval_step("test", batch)
 
     def on_test_epoch_end(self) -> None:
         self._log_eval_epoch("test")

@@ -6,10 +6,13 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import classification_report
 
 from classifier.atomic import write_atomically
@@ -19,6 +22,9 @@ CONFUSION_FILE = "confusion_matrix.png"
 REPORT_FILE = "report.txt"
 REPORT_JSON_FILE = "report.json"
 RELIABILITY_FILE = "reliability_diagram.png"
+CURVES_FILE = "curves.png"
+# What curves.png draws, per epoch: loss and top-1, train against val.
+CURVE_METRICS = ("train/loss", "val/loss", "train/top1", "val/top1")
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
@@ -111,30 +117,51 @@ def reliability_figure(bins: dict[str, np.ndarray], title: str) -> Figure:
     return fig
 
 
+# Above this many classes the matrix has no room for class names on its axes, or numbers in its cells.
+MAX_NAMED_CLASSES = 100
+MAX_NUMBERED_CLASSES = 30
+
+
 def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
-    """Counts, coloured by the fraction of each true class; numbers written when there is room."""
+    """Two panels: the counts, and each row normalised to the fraction of its true class (the
+    per-class recall on the diagonal); numbers written when there is room."""
     confusion = np.asarray(confusion, dtype=np.int64)
     n = len(class_names)
-    side = min(40.0, max(5.0, 0.45 * n + 2))
-    fig = Figure(figsize=(side, side), layout="constrained")
-    ax = fig.subplots()
+    side = min(30.0, max(4.5, 0.4 * n + 2))
+    fig = Figure(figsize=(2 * side + 1, side), layout="constrained")
+    fig.suptitle(title)
     row_fraction = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
-    image = ax.imshow(row_fraction, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class")
-    ax.set(
-        title=title,
-        xlabel="predicted",
-        ylabel="true",
-        xticks=range(n),
-        yticks=range(n),
-        xticklabels=class_names,
-        yticklabels=class_names,
+    panels = (
+        ("counts", "images", confusion, max(1, int(confusion.max())), "{:d}"),
+        ("row-normalised", "fraction of the true class", row_fraction, 1, "{:.2f}"),
     )
-    ax.tick_params(axis="x", labelrotation=90)
-    if n <= 30:
-        for (i, j), count in np.ndenumerate(confusion):
-            color = "white" if row_fraction[i, j] > 0.5 else "black"
-            ax.text(j, i, str(count), ha="center", va="center", color=color, fontsize=8)
+    for ax, (name, label, values, vmax, number) in zip(fig.subplots(1, 2), panels, strict=True):
+        image = ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax)
+        fig.colorbar(image, ax=ax, shrink=0.8, label=label)
+        ax.set(xlabel="predicted", ylabel="true", title=name)
+        if n <= MAX_NAMED_CLASSES:
+            ax.set(xticks=range(n), yticks=range(n), xticklabels=class_names, yticklabels=class_names)
+            ax.tick_params(axis="x", labelrotation=90)
+        if n <= MAX_NUMBERED_CLASSES:
+            for (i, j), value in np.ndenumerate(values):
+                color = "white" if row_fraction[i, j] > 0.5 else "black"
+                ax.text(j, i, number.format(value), ha="center", va="center", color=color, fontsize=7)
+    return fig
+
+
+def curves_figure(history: Sequence[dict[str, float]]) -> Figure:
+    """Loss and top-1 per epoch, train against val, from one {epoch, metric: value} dict per epoch."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    for ax, name in zip(fig.subplots(1, 2), ("loss", "top1"), strict=True):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            points = [(e["epoch"], e[f"{split}/{name}"]) for e in history if f"{split}/{name}" in e]
+            if points:
+                epochs, values = zip(*points, strict=True)
+                ax.plot(epochs, values, style, markersize=3, label=split)
+        ax.set(xlabel="epoch", ylabel=name, title=f"{name} (train: augmented, averaged over each epoch)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
     return fig
 
 
@@ -144,44 +171,102 @@ def save_figure(fig: Figure, path: Path) -> None:
     write_atomically(buffer.getvalue(), path)
 
 
-def write_reports(
-    output_dir: Path,
-    metrics: dict[str, float],
-    confusion: np.ndarray,
-    class_names: Sequence[str],
-    split: str,
-    checkpoint: str | None,
-    bins: dict[str, np.ndarray] | None = None,
-) -> Figure:
-    """Write metrics.json, confusion_matrix.png, report.txt and report.json for `split`, and
-    reliability_diagram.png from the confidence `bins`; returns the confusion figure."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_metrics(output_dir / METRICS_FILE, metrics)
-    fig = confusion_figure(
-        confusion, class_names, f"{split} confusion matrix ({int(np.sum(confusion))} images)"
-    )
-    save_figure(fig, output_dir / CONFUSION_FILE)
-    header = [
-        f"split: {split} ({int(np.sum(confusion))} images)",
-        f"checkpoint: {checkpoint or 'final weights (no best checkpoint)'}",
-        format_metrics(metrics),
-        "",
+@dataclass
+class EvaluationReport:
+    """What the report files of one evaluation say.
+
+    split: the split the per-class report, confusion matrix and reliability diagram are of (test
+        when the data has one, else val).
+    metrics: metrics.json's content (every split).
+    confusion: counts, rows the true class, columns the predicted one.
+    checkpoint: the weights' checkpoint (None: a run's final weights).
+    bins: the reliability bins of `split` (reliability_bins).
+    calibration: temperature scaling's result (temperature, fitted_on, images, and per split
+        ece/nll before and after), when it ran.
+    tta: test-time augmentation's views and per-split top-1 with and without it, when it ran.
+    """
+
+    split: str
+    metrics: dict[str, float]
+    confusion: np.ndarray
+    class_names: Sequence[str]
+    checkpoint: str | None
+    bins: dict[str, np.ndarray] | None = None
+    calibration: dict[str, Any] | None = None
+    tta: dict[str, Any] | None = field(default=None)
+
+    @property
+    def images(self) -> int:
+        return int(np.sum(self.confusion))
+
+
+def report_text(report: EvaluationReport) -> str:
+    """report.txt: the split, the weights, the metrics, calibration and TTA lines, then the per-class
+    precision / recall / F1 / support."""
+    lines = [
+        f"split: {report.split} ({report.images} images)",
+        f"checkpoint: {report.checkpoint or 'final weights (no best checkpoint)'}",
+        format_metrics(report.metrics),
     ]
-    text = "\n".join(header) + classification_report_text(confusion, class_names)
-    write_atomically(text.encode(), output_dir / REPORT_FILE)
-    report = {
-        "split": split,
-        "images": int(np.sum(confusion)),
-        "checkpoint": checkpoint,
-        "metrics": metrics,
-        "classes": classification_report_dict(confusion, class_names),
+    if report.calibration:
+        cal = report.calibration
+        lines.append(
+            f"temperature scaling: T={cal['temperature']:.4f}, fitted on val ({cal['images']} images)"
+        )
+        for split in ("val", "test"):
+            if split in cal:
+                c = cal[split]
+                lines.append(
+                    f"  {split}: ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f},"
+                    f" NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}"
+                )
+    if report.tta:
+        lines.append(f"test-time augmentation: {', '.join(report.tta['views'])}")
+        for split in ("val", "test"):
+            if split in report.tta:
+                t = report.tta[split]
+                lines.append(f"  {split}: top-1 {t['top1']:.4f} with, {t['top1_without']:.4f} without")
+    return "\n".join([*lines, ""]) + "\n" + classification_report_text(report.confusion, report.class_names)
+
+
+def _plain(values: np.ndarray) -> list[float | None]:
+    return [None if np.isnan(v) else float(v) for v in values]
+
+
+def report_dict(report: EvaluationReport) -> dict[str, Any]:
+    """report.json: everything report.txt says, the confusion matrix and the reliability bins."""
+    content: dict[str, Any] = {
+        "split": report.split,
+        "images": report.images,
+        "checkpoint": report.checkpoint,
+        "metrics": report.metrics,
+        "classes": classification_report_dict(report.confusion, report.class_names),
+        "class_names": list(report.class_names),
+        "confusion": np.asarray(report.confusion, dtype=np.int64).tolist(),
     }
-    if bins is not None:
-        report["reliability"] = {
-            key: [None if np.isnan(v) else float(v) for v in values] for key, values in bins.items()
-        } | {"ece": expected_calibration_error(bins)}
-    write_atomically((json.dumps(report, indent=2) + "\n").encode(), output_dir / REPORT_JSON_FILE)
-    if bins is not None:
-        title = f"{split} reliability ({int(np.sum(confusion))} images)"
-        save_figure(reliability_figure(bins, title), output_dir / RELIABILITY_FILE)
+    if report.bins is not None:
+        content["reliability"] = {key: _plain(values) for key, values in report.bins.items()} | {
+            "ece": expected_calibration_error(report.bins)
+        }
+    if report.calibration is not None:
+        content["calibration"] = report.calibration
+    if report.tta is not None:
+        content["tta"] = report.tta
+    return content
+
+
+def write_reports(output_dir: Path, report: EvaluationReport) -> Figure:
+    """Write metrics.json, confusion_matrix.png, report.txt, report.json and (with bins)
+    reliability_diagram.png; returns the confusion figure."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_metrics(output_dir / METRICS_FILE, report.metrics)
+    title = f"{report.split} confusion matrix ({report.images} images)"
+    fig = confusion_figure(report.confusion, report.class_names, title)
+    save_figure(fig, output_dir / CONFUSION_FILE)
+    write_atomically(report_text(report).encode(), output_dir / REPORT_FILE)
+    content = json.dumps(report_dict(report), indent=2) + "\n"
+    write_atomically(content.encode(), output_dir / REPORT_JSON_FILE)
+    if report.bins is not None:
+        title = f"{report.split} reliability ({report.images} images)"
+        save_figure(reliability_figure(report.bins, title), output_dir / RELIABILITY_FILE)
     return fig

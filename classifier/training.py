@@ -19,19 +19,32 @@ from classifier.builders import (
     build_datamodule,
     build_module,
     build_trainer,
-    load_run,
+    load_model,
     pretrained_input_overrides,
     run_config,
+    saved_datamodule,
 )
 from classifier.callbacks import CheckpointOnInterrupt, RunMetadata
-from classifier.checkpoints import LAST, check_resumable, load_checkpoint, resume_checkpoint
+from classifier.checkpoints import (
+    LAST,
+    check_resumable,
+    load_checkpoint,
+    resume_checkpoint,
+    save_with_temperature,
+)
 from classifier.data import ClassificationDataModule
 from classifier.errors import CTRL_C_EXIT, SIGTERM_EXIT, RunInterrupted
 from classifier.evaluation import evaluate_and_report
+from classifier.model_card import cpu_inference_speed, model_card, write_model_card
 from classifier.module import ClassifierModule
+from classifier.reports import EvaluationReport
 from classifier.rundir import check_writable, run_dir_lock
 
 log = logging.getLogger(__name__)
+
+# eval.py calibrate=true leaves the checkpoint it was given as it is, and writes this copy with the
+# fitted temperature into its own run directory.
+CALIBRATED_CHECKPOINT = "calibrated.ckpt"
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -60,7 +73,21 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         logger.log_hyperparams(config)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        return _evaluate_best(trainer, module, datamodule, output_dir)
+        training = {  # read now: evaluating replaces the trainer's train metrics
+            "seconds": round(metadata.train_seconds, 1),
+            "epochs": trainer.current_epoch,
+            "global_steps": trainer.global_step,
+            "images_per_sec": _float_or_none(trainer.callback_metrics.get("train/images_per_sec")),
+            "accelerator": type(trainer.accelerator).__name__,
+            "devices": trainer.num_devices,
+            "precision": str(trainer.precision),
+        }
+        metrics, best, report = _evaluate_best(
+            trainer, module, datamodule, output_dir, bool(cfg.get("calibrate")), bool(cfg.get("tta"))
+        )
+        if report is not None and trainer.is_global_zero:
+            _write_model_card(cfg, output_dir, module, datamodule, config, report, best, training)
+        return metrics
     except (KeyboardInterrupt, SystemExit) as exc:
         # Lightning turns Ctrl-C into sys.exit(1), raised while handling the KeyboardInterrupt, and
         # SIGTERM into SIGTERMException (exit status 0), after the callbacks' on_exception:
@@ -93,22 +120,67 @@ def _checkpoint_to_resume(
 
 
 def _evaluate_best(
-    trainer: L.Trainer, module: ClassifierModule, datamodule: ClassificationDataModule, output_dir: Path
-) -> dict[str, float]:
-    """Evaluate the best checkpoint (else the final weights) and write the reports; under
-    fast_dev_run only run one test batch: one batch's metrics would mislead."""
+    trainer: L.Trainer,
+    module: ClassifierModule,
+    datamodule: ClassificationDataModule,
+    output_dir: Path,
+    calibrate: bool = False,
+    tta: bool = False,
+) -> tuple[dict[str, float], str | None, EvaluationReport | None]:
+    """Evaluate the best checkpoint (else the final weights) and write the reports, with temperature
+    scaling (then stored in best.ckpt) and TTA when asked; under fast_dev_run only run one test
+    batch: one batch's metrics would mislead. Returns the metrics, the best checkpoint's path and
+    the report (None under fast_dev_run)."""
     if trainer.fast_dev_run:
         if datamodule.has_test:
             trainer.test(module, datamodule=datamodule, verbose=False)
         log.info("fast_dev_run: one batch of each split ran; no checkpoints or reports written")
-        return {}
+        return {}, None, None
     best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")
     if best and Path(best).is_file():
         module.load_state_dict(load_checkpoint(best)["state_dict"])
     else:
         log.warning("no best checkpoint (checkpointing off or no validation): evaluating the final weights")
         best = None
-    return evaluate_and_report(trainer, module, datamodule, output_dir, source=best)
+    metrics, report = evaluate_and_report(
+        trainer, module, datamodule, output_dir, source=best, calibrate=calibrate, tta=tta
+    )
+    if report.calibration and best and trainer.is_global_zero:
+        save_with_temperature(best, module.temperature, best)
+        log.info("the temperature is stored in %s: eval.py and predict.py use it", best)
+    return metrics, best, report
+
+
+def _float_or_none(value) -> float | None:
+    return None if value is None else round(float(value), 1)
+
+
+def _write_model_card(
+    cfg: DictConfig,
+    output_dir: Path,
+    module: ClassifierModule,
+    datamodule: ClassificationDataModule,
+    config: dict,
+    report: EvaluationReport,
+    checkpoint: str | None,
+    training: dict | None,
+) -> None:
+    """model_card.yaml, with the CPU inference figures unless cfg.measure_cpu_speed is false."""
+    spec = datamodule.input_spec
+    inference = cpu_inference_speed(module.net, spec.img_size) if cfg.get("measure_cpu_speed", True) else None
+    card = model_card(
+        net=module.net,
+        class_names=module.class_names,
+        input_spec=spec,
+        config=config,
+        report=report,
+        split_sizes=datamodule.split_sizes(),
+        checkpoint=checkpoint,
+        temperature=module.temperature,
+        training=training,
+        inference=inference,
+    )
+    log.info("model card: %s", write_model_card(output_dir, card))
 
 
 def _interrupted(exc: BaseException, saved: str | None, output_dir: Path) -> RunInterrupted:
@@ -141,6 +213,25 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     evaluate it and write the reports into this run's directory."""
     L.seed_everything(cfg.seed, workers=True)
     data_overrides = OmegaConf.to_container(cfg.get("data") or {}, resolve=True)
-    module, datamodule = load_run(cfg.ckpt_path, data_overrides)
+    saved = load_model(cfg.ckpt_path)
+    module, datamodule = saved.module, saved_datamodule(saved, data_overrides)
     trainer = build_trainer(cfg, with_loggers=False)
-    return evaluate_and_report(trainer, module, datamodule, Path(cfg.paths.output_dir), source=cfg.ckpt_path)
+    output_dir = Path(cfg.paths.output_dir)
+    metrics, report = evaluate_and_report(
+        trainer,
+        module,
+        datamodule,
+        output_dir,
+        source=cfg.ckpt_path,
+        calibrate=bool(cfg.get("calibrate")),
+        tta=bool(cfg.get("tta")),
+    )
+    if trainer.is_global_zero:
+        if report.calibration:
+            calibrated = output_dir / CALIBRATED_CHECKPOINT
+            save_with_temperature(cfg.ckpt_path, module.temperature, calibrated)
+            log.info("the checkpoint with its temperature: %s (use it with predict.py)", calibrated)
+        _write_model_card(
+            cfg, output_dir, module, datamodule, saved.config, report, cfg.ckpt_path, saved.training
+        )
+    return metrics

@@ -25,8 +25,14 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
-# Quiet, CPU-only versions of whatever the test composes.
-QUIET = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+# Quiet, CPU-only versions of whatever the test composes, without the model card's CPU speed
+# measurement (a second per run; tests/test_model_card.py measures it).
+QUIET = [
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "++measure_cpu_speed=false",
+]
 # Class colours of generated images: each class is a distinct, easily learnt colour.
 PALETTE = [(220, 40, 40), (40, 200, 60), (40, 70, 220), (230, 200, 40), (170, 60, 200)]
 
@@ -246,6 +252,7 @@ def recomputed_metrics(ckpt_path: Path) -> dict[str, float]:
             top5 = (logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1)
             metrics[f"{split}/top5"] = top5.double().mean().item()
         metrics[f"{split}/loss"] = F.cross_entropy(logits, labels).item()
+        metrics[f"{split}/nll"] = F.cross_entropy(logits / module.temperature, labels).item()
     return metrics
 
 

@@ -46,7 +46,9 @@ def test_ddp_cpu_is_one_run_whose_metrics_cover_both_processes(tmp_path):
         "checkpoints/best.ckpt",
         "checkpoints/last.ckpt",
         "confusion_matrix.png",
+        "curves.png",
         "metrics.json",
+        "model_card.yaml",
         "reliability_diagram.png",
         "report.json",
         "report.txt",
@@ -54,6 +56,7 @@ def test_ddp_cpu_is_one_run_whose_metrics_cover_both_processes(tmp_path):
         "train_ddp_process_1.log",  # rank 1's own log (Hydra names it after the job Lightning gives it)
     ]
     assert (run_dir / "train.log").read_text().count("reports written to") == 1
+    assert (run_dir / "train.log").read_text().count("model card:") == 1
     assert "reports written to" not in (run_dir / "train_ddp_process_1.log").read_text()
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (0, 2)

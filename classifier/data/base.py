@@ -246,6 +246,12 @@ class ClassificationDataModule(L.LightningDataModule):
         return "test" in self.ready.datasets
 
     @property
+    def trains_with_flips(self) -> bool:
+        """Whether training mirrors images (data.hflip and augment.hflip): then a model has learnt
+        that a mirrored image is the same class, and test-time augmentation may flip."""
+        return bool(self.hflip and self.augment.hflip)
+
+    @property
     def num_workers(self) -> int:
         # Data in memory needs no decoding, so worker processes would only add start-up and copies.
         if self._num_workers is None:
@@ -285,6 +291,10 @@ class ClassificationDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> Dataset:
         """The untransformed images of `split` ('train', 'val' or 'test')."""
         return self.ready.datasets[split]
+
+    def split_sizes(self) -> dict[str, int]:
+        """Images per split: train, val and (when there is one) test."""
+        return {name: len(dataset) for name, dataset in self.ready.datasets.items()}
 
     def class_counts(self, split: str = "train") -> np.ndarray:
         """Images per class in `split`, in label order."""

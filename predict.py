@@ -1,0 +1,16 @@
+"""Predict classes of images: python predict.py ckpt_path=PATH input=FILE|DIR|GLOB [output=preds.csv] [top_k=5]."""
+
+import hydra
+from omegaconf import DictConfig
+
+from classifier.cli import expand_home_in_argv, run_task
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def main(cfg: DictConfig) -> float | None:
+    return run_task("predict", cfg)
+
+
+if __name__ == "__main__":
+    expand_home_in_argv()
+    main()
