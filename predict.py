@@ -1,4 +1,4 @@
-"""Predict classes of images: python predict.py ckpt_path=PATH input=FILE|DIR|GLOB [output=preds.csv] [top_k=5]."""
+"""Predict classes of images: python predict.py ckpt_path=PATH input=FILE|DIR|GLOB [output=preds.csv]."""
 
 import hydra
 from omegaconf import DictConfig

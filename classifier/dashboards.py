@@ -33,6 +33,8 @@ from classifier.reports import (
 
 log = logging.getLogger(__name__)
 
+FIRST_DRAWING_GUESS = 0.3  # seconds: a drawing of 10 classes at 32 px on one CPU core
+
 
 def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Normalised (N, 3, H, W) tensors back to (N, H, W, 3) floats in [0, 1], for display."""
@@ -110,6 +112,9 @@ class Dashboards(L.Callback):
         self.max_overhead = None if max_overhead is None else float(max_overhead)
         self._started = time.perf_counter()
         self._drawing = 0.0  # seconds spent drawing since the run started
+        # What each kind of drawing will cost, from its last one (a guess before any): a drawing is
+        # skipped when it would take the total over max_overhead of the time so far.
+        self._next_cost: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
         self._worst: list[tuple[float, int, np.ndarray, int, int]] = []  # a min-heap on confidence
         self._seen = itertools.count()  # tie-breaker, so the heap never compares images
@@ -140,10 +145,12 @@ class Dashboards(L.Callback):
         every = (trainer.current_epoch + 1) % self.every_n_epochs == 0
         return has_tensorboard and self._fitting(trainer) and every and not trainer.fast_dev_run
 
-    def _may_draw(self) -> bool:
+    def _may_draw(self, draw) -> bool:
         if self.max_overhead is None:
             return True
-        return self._drawing <= self.max_overhead * (time.perf_counter() - self._started)
+        elapsed = time.perf_counter() - self._started
+        cost = self._next_cost.get(draw.__name__, FIRST_DRAWING_GUESS)
+        return self._drawing + cost <= self.max_overhead * elapsed
 
     def _draw(self, draw, *args) -> None:
         """Call draw(*args), counting its time against max_overhead."""
@@ -151,7 +158,8 @@ class Dashboards(L.Callback):
         try:
             draw(*args)
         finally:
-            self._drawing += time.perf_counter() - started
+            self._next_cost[draw.__name__] = time.perf_counter() - started
+            self._drawing += self._next_cost[draw.__name__]
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._started, self._drawing = time.perf_counter(), 0.0
@@ -166,10 +174,15 @@ class Dashboards(L.Callback):
         # At the batch's end: Mixup/CutMix replace the batch's images in place at its start.
         if self._samples_shown or not self.train_samples or not trainer.is_global_zero:
             return
-        self._samples_shown = True
         writer, spec = self._writer(trainer), self._spec(trainer)
         if writer is None or spec is None or trainer.fast_dev_run:
+            self._samples_shown = True
             return
+        if self._may_draw(self._log_train_samples):  # else at a later step, once the run took long enough
+            self._samples_shown = True
+            self._draw(self._log_train_samples, trainer, pl_module, batch, writer, spec)
+
+    def _log_train_samples(self, trainer, pl_module, batch, writer, spec) -> None:
         images, targets, *soft = batch
         n = min(self.train_samples, len(targets))
         names = pl_module.class_names
@@ -215,7 +228,7 @@ class Dashboards(L.Callback):
         confusion = pl_module.epoch_results("val")["confusion"].cpu().numpy()
         confidences, correct = pl_module.calibration_data("val")
         worst, self._worst = sorted(self._worst, reverse=True), []
-        if trainer.is_global_zero and self._may_draw():
+        if trainer.is_global_zero and self._may_draw(self._log_val_images):
             self._draw(self._log_val_images, trainer, pl_module, confusion, confidences, correct, worst)
 
     def _log_val_images(self, trainer, pl_module, confusion, confidences, correct, worst) -> None:
@@ -242,7 +255,7 @@ class Dashboards(L.Callback):
         entry = {"epoch": float(trainer.current_epoch + 1)}
         entry.update({key: float(metrics[key]) for key in CURVE_METRICS if key in metrics})
         self.history = [e for e in self.history if e["epoch"] != entry["epoch"]] + [entry]
-        if self._may_draw():
+        if self._may_draw(self._write_curves):
             self._draw(self._write_curves)
 
     def on_train_end(self, trainer, pl_module) -> None:

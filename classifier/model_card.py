@@ -82,7 +82,11 @@ def _cpu_name() -> str:
 
 def software() -> dict[str, str | None]:
     # torch's own version string names its build (2.14.1+cu130, +cpu)
-    versions = {"python": platform.python_version(), "torch": str(torch.__version__), "cuda": torch.version.cuda}
+    versions = {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "cuda": torch.version.cuda,
+    }
     for name in SOFTWARE:
         if name in versions:
             continue

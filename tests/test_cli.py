@@ -62,7 +62,8 @@ def test_help_and_typos_are_answered_before_torch_is_imported():
 
 def test_the_readme_multirun_and_eval_work_as_typed_from_any_folder(tmp_path):
     """`python train.py -m ...` from a folder that is not the repository (sweep dirs relative to it),
-    `data.root=~/photos` unquoted, then `python eval.py ckpt_path=...` into outputs/eval/."""
+    `data.root=~/photos` unquoted, then `python eval.py ckpt_path=...` into outputs/eval/, predict.py
+    and export.py."""
     home = tmp_path / "home"
     write_image_folder(home / "photos", {"train": 6, "val": 2}, size=16)
     short = ["trainer.max_epochs=1", "data.num_workers=0", *QUIET]
@@ -104,4 +105,26 @@ def test_the_readme_multirun_and_eval_work_as_typed_from_any_folder(tmp_path):
     trained = json.loads((sweep / "0" / "metrics.json").read_text())
     assert abs(written["val/top1"] - trained["val/top1"]) < 1e-6
     assert (eval_dir / "report.txt").is_file() and (eval_dir / "confusion_matrix.png").is_file()
-    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["eval", "multirun"]
+
+    # predict.py and export.py as the README types them: ~ and a glob in input=, output= beside you
+    best = sweep / "0" / "checkpoints" / "best.ckpt"
+    result = run_script(
+        str(REPO / "predict.py"),
+        f"ckpt_path={best}",
+        "input=~/photos/val/**/*.png",
+        "output=preds.csv",
+        "top_k=5",
+        cwd=tmp_path,
+        env={"HOME": str(home)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = (tmp_path / "preds.csv").read_text().splitlines()
+    assert rows[0].startswith("path,label,prob,top1_label,top1_prob,") and "top4_label" not in rows[0]
+    assert len(rows) == 1 + 3  # one .png of the two images of each class
+    result = run_script(str(REPO / "export.py"), f"ckpt_path={best}", "format=onnx", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (export_dir,) = (tmp_path / "outputs" / "export").glob("*/*")
+    assert json.loads((export_dir / "model.json").read_text())["check"]["max_abs_difference"] < 1e-4
+    assert (export_dir / "model.onnx").stat().st_size > 10_000
+    folders = sorted(p.name for p in (tmp_path / "outputs").iterdir())
+    assert folders == ["eval", "export", "multirun", "predict"]
