@@ -126,18 +126,25 @@ def _export_onnx(
 
     batch = torch.export.Dim("batch", min=1)
     options = {"opset_version": int(opset)} if opset is not None else {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's own progress and deprecation chatter
-        program = torch.onnx.export(
-            net,
-            (inputs[:2],),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},),
-            verbose=False,
-            **options,
-        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's own progress and deprecation chatter
+            program = torch.onnx.export(
+                net,
+                (inputs[:2],),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},),
+                verbose=False,
+                **options,
+            )
+    except Exception as exc:  # the exporter raises its own error types, many lines long
+        reason = _first_line(exc)
+        raise UserError(
+            f"format=onnx: torch.onnx cannot export {type(net).__name__} ({reason}); a newer onnxscript"
+            " may translate it, or use format=torchscript"
+        ) from exc
     # Saved under its own name in a private folder beside the output, then moved: a model over 2 GB
     # comes with an external-data file named after it, and both must land together.
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -150,6 +157,13 @@ def _export_onnx(
             os.chmod(path, 0o666 & ~current_umask())
             os.replace(path, output.parent / path.name)
     return produced, runtime
+
+
+def _first_line(exc: BaseException) -> str:
+    """The message's most telling line: the exporter's summary names the operator it cannot translate."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    telling = [line for line in lines if "No ONNX function found" in line or "Unsupported" in line]
+    return (telling or lines or [type(exc).__name__])[0][:300]
 
 
 def _run_onnx(path: Path, inputs: torch.Tensor) -> tuple[torch.Tensor | None, str]:

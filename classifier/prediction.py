@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from timm.data import ImageNetInfo, infer_imagenet_subset
+from timm.models import get_pretrained_cfg
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -24,6 +26,8 @@ from classifier.data.images import is_ignored, is_image_file, iter_image_files, 
 from classifier.data.numeric import to_number
 from classifier.data.transforms import InputSpec, create_eval_transform
 from classifier.errors import UserError
+from classifier.models import check_model_name, create_model, pretrained_input
+from classifier.models.weights import load_local_weights
 from classifier.module import ClassifierModule
 from classifier.paths import expand_path
 from classifier.tta import TestTimeAugmentation
@@ -126,15 +130,9 @@ def imagenet_predictor(model_cfg: DictConfig) -> Predictor:
         UserError: a model timm has no pretrained config for, weights whose head is not of the
             ImageNet classes its tag says, or an unknown ImageNet label set.
     """
-    from timm.data import ImageNetInfo, infer_imagenet_subset
-
-    from classifier.models import check_model_name, create_model, pretrained_input
-    from classifier.models.factory import _pretrained_cfg
-    from classifier.models.weights import load_local_weights
-
     name = str(model_cfg.name)
-    check_model_name(name)
-    spec, pretrained = pretrained_input(name), _pretrained_cfg(name)
+    check_model_name(name)  # also checks the weights' tag
+    spec, pretrained = pretrained_input(name), get_pretrained_cfg(name)
     if spec is None or pretrained is None or not pretrained.num_classes:
         raise UserError(f"model.name={name}: timm has no ImageNet weights for it, so no class names")
     options = OmegaConf.to_container(model_cfg, resolve=True)
@@ -198,7 +196,15 @@ def predict(cfg: DictConfig) -> dict[str, float]:
         from classifier.gradcam import _require_grad_cam
 
         _require_grad_cam()  # before any image is read: a missing package is a one-line error
-    rows, failures = _predict_files(cfg, predictor, module, device, paths, batch_size, top_k, gradcam_dir)
+    workers = cfg.get("num_workers")
+    workers = default_num_workers() if workers is None else to_number(workers, "num_workers", int)
+    loader = DataLoader(
+        ImageFiles(paths, create_eval_transform(predictor.input_spec)),
+        batch_size=batch_size,
+        num_workers=min(workers, len(paths)),
+        collate_fn=collate_readable,
+    )
+    rows, failures = _predict_files(loader, predictor, module, top_k, gradcam_dir)
     _write_predictions(output, rows, failures, top_k)
     log.info(
         "%d images predicted, %d unreadable; %s (model: %s, temperature %.4g%s)",
@@ -214,22 +220,18 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     return {}
 
 
-def _predict_files(cfg, predictor, module, device, paths, batch_size, top_k, gradcam_dir):
-    workers = cfg.get("num_workers")
-    workers = default_num_workers() if workers is None else to_number(workers, "num_workers", int)
-    loader = DataLoader(
-        ImageFiles(paths, create_eval_transform(predictor.input_spec)),
-        batch_size=batch_size,
-        num_workers=min(workers, len(paths)),
-        collate_fn=collate_readable,
-    )
+def _predict_files(
+    loader: DataLoader, predictor: Predictor, module: ClassifierModule, top_k: int, gradcam_dir: Path | None
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """One row per readable image of the loader's files, and (path, reason) per unreadable one."""
+    paths = loader.dataset.paths
     rows: list[dict[str, Any]] = []
     failures: list[tuple[str, str]] = []
     for images, indices, failed in tqdm(loader, desc="predict", unit="batch", disable=None):
         failures += [(str(paths[i]), error) for i, error in failed]
         if images is None:
             continue
-        images = images.to(device)
+        images = images.to(module.device)
         with torch.inference_mode():
             probabilities, _ = module.predict_probabilities(images)
         probs, classes = probabilities.float().topk(top_k, dim=1)

@@ -23,6 +23,14 @@ class Residual(nn.Module):
         return x + self.body(x)
 
 
+class GlobalMaxPool(nn.Module):
+    """(N, C, H, W) -> (N, C, 1, 1), the maximum over each map: nn.AdaptiveMaxPool2d(1) as a plain
+    reduction, which every ONNX exporter version translates (onnxscript 0.6 has no adaptive max pool)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(-2, -1), keepdim=True)
+
+
 class ScratchCNN(nn.Module):
     """ResNet-9 layout (Page's DAWNBench CIFAR net) at a quarter of its width by default:
     conv, then three stages that double the channels and halve the resolution, residual blocks
@@ -50,7 +58,7 @@ class ScratchCNN(nn.Module):
         )
         self.num_features = 8 * c
         self.num_classes = num_classes
-        self.pool = nn.AdaptiveMaxPool2d(1)  # any input size works; 32 px gives 4x4 maps here
+        self.pool = GlobalMaxPool()  # any input size works; 32 px gives 4x4 maps here
         self.drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes)
 
