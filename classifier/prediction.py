@@ -23,7 +23,7 @@ from classifier.atomic import write_atomically
 from classifier.builders import MODULE_MODEL_KEYS, load_model, uses_pretrained_weights
 from classifier.data.base import default_num_workers
 from classifier.data.images import is_ignored, is_image_file, iter_image_files, load_rgb
-from classifier.data.numeric import to_number
+from classifier.data.numeric import to_flag, to_number
 from classifier.data.transforms import InputSpec, create_eval_transform
 from classifier.errors import UserError
 from classifier.models import check_model_name, create_model, pretrained_input
@@ -68,6 +68,8 @@ def find_images(pattern: str) -> list[Path]:
         if not found:
             raise UserError(f"input={pattern}: {path} holds no image files")
         return found
+    if not any(char in str(path) for char in "*?["):  # not a glob: a path that is not there
+        raise UserError(f"input={pattern} does not exist (looked for {path.resolve()})")
     matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
     images = [m for m in matches if m.is_file() and is_image_file(m) and not _in_hidden_folder(m)]
     if not images:
@@ -183,15 +185,16 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     batch_size = to_number(cfg.get("batch_size", 64), "batch_size", int)
     if batch_size < 1:
         raise UserError(f"batch_size={batch_size} must be at least 1")
+    tta, gradcam = to_flag(cfg.get("tta"), "tta"), to_flag(cfg.get("gradcam"), "gradcam")
     output = _output_path(cfg)
     paths = find_images(str(cfg.input))
     predictor = predictor_from_config(cfg)
     device = _device(str(cfg.get("device", "auto")))
     top_k = min(top_k, len(predictor.class_names))
     module = predictor.module.to(device).eval()
-    if cfg.get("tta"):
+    if tta:
         module.tta = TestTimeAugmentation(predictor.input_spec.img_size, flip=predictor.flips)
-    gradcam_dir = Path(cfg.paths.output_dir) / GRADCAM_DIR if cfg.get("gradcam") else None
+    gradcam_dir = Path(cfg.paths.output_dir) / GRADCAM_DIR if gradcam else None
     if gradcam_dir is not None:
         from classifier.gradcam import _require_grad_cam
 

@@ -33,6 +33,7 @@ from classifier.checkpoints import (
     save_with_temperature,
 )
 from classifier.data import ClassificationDataModule
+from classifier.data.numeric import to_flag
 from classifier.errors import CTRL_C_EXIT, SIGTERM_EXIT, RunInterrupted
 from classifier.evaluation import evaluate_and_report
 from classifier.model_card import cpu_inference_speed, model_card, write_model_card
@@ -83,7 +84,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
             "precision": str(trainer.precision),
         }
         metrics, best, report = _evaluate_best(
-            trainer, module, datamodule, output_dir, bool(cfg.get("calibrate")), bool(cfg.get("tta"))
+            trainer, module, datamodule, output_dir, *_evaluation_flags(cfg)
         )
         if report is not None and trainer.is_global_zero:
             _write_model_card(cfg, output_dir, module, datamodule, config, report, best, training)
@@ -151,6 +152,11 @@ def _evaluate_best(
     return metrics, best, report
 
 
+def _evaluation_flags(cfg: DictConfig) -> tuple[bool, bool]:
+    """(calibrate, tta), each checked to be true or false."""
+    return to_flag(cfg.get("calibrate"), "calibrate"), to_flag(cfg.get("tta"), "tta")
+
+
 def _float_or_none(value) -> float | None:
     return None if value is None else round(float(value), 1)
 
@@ -167,7 +173,8 @@ def _write_model_card(
 ) -> None:
     """model_card.yaml, with the CPU inference figures unless cfg.measure_cpu_speed is false."""
     spec = datamodule.input_spec
-    inference = cpu_inference_speed(module.net, spec.img_size) if cfg.get("measure_cpu_speed", True) else None
+    measure = to_flag(cfg.get("measure_cpu_speed", True), "measure_cpu_speed")
+    inference = cpu_inference_speed(module.net, spec.img_size) if measure else None
     card = model_card(
         net=module.net,
         class_names=module.class_names,
@@ -213,6 +220,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     evaluate it and write the reports into this run's directory."""
     L.seed_everything(cfg.seed, workers=True)
     data_overrides = OmegaConf.to_container(cfg.get("data") or {}, resolve=True)
+    calibrate, tta = _evaluation_flags(cfg)
     saved = load_model(cfg.ckpt_path)
     module, datamodule = saved.module, saved_datamodule(saved, data_overrides)
     trainer = build_trainer(cfg, with_loggers=False)
@@ -223,8 +231,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         datamodule,
         output_dir,
         source=cfg.ckpt_path,
-        calibrate=bool(cfg.get("calibrate")),
-        tta=bool(cfg.get("tta")),
+        calibrate=calibrate,
+        tta=tta,
     )
     if trainer.is_global_zero:
         if report.calibration:

@@ -135,6 +135,14 @@ def test_eval_calibrates_and_augments_a_checkpoint(small_digits_run, tmp_path):
         assert again[key] == pytest.approx(metrics[key], abs=1e-5), key
 
 
+def test_calibrate_and_tta_are_true_or_false(small_digits_run, tmp_path):
+    best = small_digits_run[0] / "checkpoints" / "best.ckpt"
+    with pytest.raises(UserError, match="calibrate='maybe' must be true or false"):
+        evaluate(compose_config("eval", tmp_path, [f"ckpt_path={best}", "calibrate=maybe"]))
+    with pytest.raises(UserError, match="tta=1 must be true or false"):
+        evaluate(compose_config("eval", tmp_path, [f"ckpt_path={best}", "tta=1"]))
+
+
 def test_a_hostile_temperature_is_refused(small_digits_run, tmp_path):
     run_dir, _ = small_digits_run
     checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)

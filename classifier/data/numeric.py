@@ -1,5 +1,5 @@
-"""Numeric config values, as Hydra passes them from a command line (32, '32', 'abc'), converted or
-refused in one line that names the key."""
+"""Numeric and true/false config values, as Hydra passes them from a command line (32, '32', 'abc',
+true, 'maybe'), converted or refused in one line that names the key."""
 
 from __future__ import annotations
 
@@ -20,6 +20,17 @@ def to_number(value: object, key: str, kind: type[int] | type[float] = float) ->
     except (TypeError, ValueError):
         pass
     raise UserError(f"{key}={value!r} is not {'an integer' if kind is int else 'a number'}")
+
+
+def to_flag(value: object, key: str) -> bool:
+    """`value` as a bool: true/false (Hydra's), or null for false.
+
+    Raises:
+        UserError: anything else ('maybe', 1, 'yes'), naming `key`.
+    """
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise UserError(f"{key}={value!r} must be true or false")
 
 
 def to_numbers(values: object, key: str, count: int) -> tuple[float, ...]:
