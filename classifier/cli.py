@@ -16,6 +16,9 @@ import sys
 import warnings
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from classifier.errors import CTRL_C_EXIT, SIGTERM_EXIT, RunInterrupted, describe_user_error
@@ -70,6 +73,23 @@ def _send_lightning_logs_to_hydra() -> None:
         logger.propagate = True
 
 
+class JobFailed(CompactHydraException):
+    """A user mistake in one job of a multirun: the job is recorded as failed (job.json, the sweep's
+    summary) and the sweep goes on with its other jobs; Hydra ends the sweep with this one line."""
+
+
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _fail(message: str) -> None:
+    """Exit with status 1 after the ERROR line; in a multirun, fail only this job."""
+    if _in_multirun():
+        sweep = HydraConfig.get().sweep.dir
+        raise JobFailed(f"job {HydraConfig.get().job.num} failed: {message} (summary: {sweep}/summary.md)")
+    sys.exit(1)
+
+
 def _load_task(name: str):
     module, function = TASKS[name].split(":")
     return getattr(importlib.import_module(module), function)
@@ -109,7 +129,7 @@ def run_task(name: str, cfg: DictConfig) -> float | None:
             if message is None:
                 raise
             log.error("%s", message)
-            sys.exit(1)
+            _fail(message)
     return _optimized_metric(metrics, cfg.get("optimized_metric"))
 
 
@@ -119,12 +139,12 @@ def _optimized_metric(metrics: dict[str, float], key: str | None) -> float | Non
     if not key or not metrics:
         return None
     if key not in metrics:
-        log.error(
-            "optimized_metric=%s is not one of this run's metrics (%s); the run's files are written",
-            key,
-            ", ".join(sorted(metrics)),
+        message = (
+            f"optimized_metric={key} is not one of this run's metrics ({', '.join(sorted(metrics))});"
+            " the run's files are written"
         )
-        sys.exit(1)
+        log.error("%s", message)
+        _fail(message)
     return metrics[key]
 
 

@@ -18,14 +18,19 @@ pytestmark = pytest.mark.slow  # two Python processes with torch: ~30 s
 def test_ddp_cpu_is_one_run_whose_metrics_cover_both_processes(tmp_path):
     # The default run directory, outputs/<date>/<time> under the folder it is run from: rank 1 starts
     # seconds after rank 0, so a time of its own would be another directory.
-    # val has 288 images and test 360: each process gets whole batches of 16 (no padding duplicates).
+    # Fold 0 of 3 makes val 479 images: Lightning's DistributedSampler would pad it to 480, counting
+    # an image twice; batches of 20 end unevenly on the two processes. test has 360.
     command = [
         str(REPO / "train.py"),
         "trainer=ddp_cpu",
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=2",
         "trainer.enable_model_summary=false",
-        "data.batch_size=16",
+        "data.batch_size=20",
+        "data.folds=3",
+        "data.fold=0",
+        "calibrate=true",
+        "tta=true",
         "logger=none",
     ]
     result = subprocess.run(
@@ -70,3 +75,7 @@ def test_ddp_cpu_is_one_run_whose_metrics_cover_both_processes(tmp_path):
     reliability = json.loads((run_dir / "report.json").read_text())["reliability"]
     assert sum(reliability["count"]) == 360
     assert reliability["ece"] == pytest.approx(metrics["test/ece"], abs=1e-5)
+    # calibration gathered every val image once (479, not 480), on both processes alike
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["calibration"]["images"] == 479
+    assert {"val/top1_tta", "test/top1_tta"} <= set(metrics)

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import lightning as L
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, WeightedRandomSampler
 
 from classifier.data.numeric import to_number, to_numbers
 from classifier.data.transforms import (
@@ -68,6 +69,8 @@ def targets_of(dataset: Dataset) -> list[int]:
     if isinstance(dataset, Subset):
         parent = targets_of(dataset.dataset)
         return [parent[i] for i in dataset.indices]
+    if isinstance(dataset, ConcatDataset):
+        return [target for part in dataset.datasets for target in targets_of(part)]
     return list(dataset.targets)
 
 
@@ -79,6 +82,35 @@ def split_off_val(train: Dataset, fraction: float, seed: int) -> tuple[Subset, S
     stratify = labels if counts[counts > 0].min() >= 2 and len(labels) * fraction >= len(counts) else None
     train_idx, val_idx = train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
     return Subset(train, sorted(train_idx.tolist())), Subset(train, sorted(val_idx.tolist()))
+
+
+def split_fold(pool: Dataset, folds: int, fold: int, seed: int) -> tuple[Subset, Subset]:
+    """(train, val) of cross-validation fold `fold` of `folds`: val is that fold of a seeded shuffle,
+    stratified by class when every class has at least `folds` images (else plain k-fold)."""
+    labels = np.asarray(targets_of(pool))
+    stratified = np.bincount(labels)[np.bincount(labels) > 0].min() >= folds
+    if not stratified:
+        log.warning("data.folds=%d: a class has fewer images than folds; the folds are not stratified", folds)
+    splitter = (StratifiedKFold if stratified else KFold)(n_splits=folds, shuffle=True, random_state=seed)
+    train_idx, val_idx = list(splitter.split(np.zeros(len(labels)), labels))[fold]
+    return Subset(pool, sorted(train_idx.tolist())), Subset(pool, sorted(val_idx.tolist()))
+
+
+def _check_folds(folds: object, fold: object) -> tuple[int | None, int | None]:
+    if folds is None:
+        if fold is not None:
+            raise UserError(f"data.fold={fold} needs data.folds=K (the number of cross-validation folds)")
+        return None, None
+    folds = to_number(folds, "data.folds", int)
+    if folds < 2:
+        raise UserError(f"data.folds={folds} must be 2 or more")
+    if fold is None:
+        every = f"-m 'data.fold=range({folds})'"
+        raise UserError(f"data.folds={folds} needs data.fold=i (0..{folds - 1}); every fold: {every}")
+    fold = to_number(fold, "data.fold", int)
+    if not 0 <= fold < folds:
+        raise UserError(f"data.fold={fold} must be in 0..{folds - 1} (data.folds={folds})")
+    return folds, fold
 
 
 SAMPLERS = (None, "balanced")
@@ -129,6 +161,9 @@ class ClassificationDataModule(L.LightningDataModule):
             the training split, N / (K * n_c)) or one number per class.
         sampler: None (shuffle) or 'balanced' (each training image drawn with probability 1/n_c of
             its class, with replacement: every class about equally often per epoch).
+        folds, fold: k-fold cross-validation: train and val become fold `fold`'s split of the
+            training images (with the data's own val images, when it has them), stratified and
+            seeded by split_seed; the test split stays as it is.
     """
 
     NATIVE_IMG_SIZE: int = PHOTO_SIDE  # the input side when data.img_size is null, unless read from files
@@ -154,6 +189,8 @@ class ClassificationDataModule(L.LightningDataModule):
         augment: Mapping | None = None,
         class_weights: str | Sequence[float] | None = None,
         sampler: str | None = None,
+        folds: int | None = None,
+        fold: int | None = None,
     ):
         super().__init__()
         self.batch_size = to_number(batch_size, "data.batch_size", int)
@@ -184,6 +221,7 @@ class ClassificationDataModule(L.LightningDataModule):
                 f"data.sampler={sampler!r} is not one of null, {', '.join(s for s in SAMPLERS if s)}"
             )
         self.sampler = sampler
+        self.folds, self.fold = _check_folds(folds, fold)
         # Every value checked now, before any file is read: a spec and transforms of a stand-in side.
         stand_in = self._resolve_input_spec(lambda: PHOTO_SIDE)
         create_train_transform(stand_in, train_crop, self.crop_scale, hflip, self.augment)
@@ -266,7 +304,11 @@ class ClassificationDataModule(L.LightningDataModule):
         spec = self._resolve_input_spec(self.native_img_size)
         splits = self.load_splits(class_names)
         train, val = splits.train, splits.val
-        if val is None:
+        if self.folds:
+            pool = train if val is None else ConcatDataset([train, val])
+            train, val = split_fold(pool, self.folds, self.fold, self.split_seed)
+            log.info("data.folds=%d: fold %d of %d images is val", self.folds, self.fold, len(pool))
+        elif val is None:
             if self.val_split <= 0:
                 raise UserError("no validation data: provide a val split or set data.val_split > 0")
             train, val = split_off_val(train, self.val_split, self.split_seed)
@@ -332,10 +374,21 @@ class ClassificationDataModule(L.LightningDataModule):
             torch.as_tensor(per_image, dtype=torch.double), len(labels), replacement=True
         )
 
+    @staticmethod
+    def _eval_sampler(dataset: Dataset) -> UnrepeatedDistributedSampler | None:
+        """Under DDP, each process evaluates every world_size-th image and no image twice. Lightning's
+        own DistributedSampler pads the split to a multiple of world_size by repeating images, which
+        every metric would count again; one that is already a DistributedSampler it leaves alone."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return None
+        if torch.distributed.get_world_size() < 2:
+            return None
+        return UnrepeatedDistributedSampler(dataset, shuffle=False)
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self.dataset(split)
         transform = self.train_transform if train else self.eval_transform
-        sampler = self._train_sampler() if train else None
+        sampler = self._train_sampler() if train else self._eval_sampler(dataset)
         return DataLoader(
             Transformed(dataset, transform),
             batch_size=self.batch_size,

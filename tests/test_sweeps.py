@@ -1,0 +1,140 @@
+"""Sweeps: a multirun's summary (every job, failed ones included, sorted by optimized_metric), its
+rebuild from disk, and k-fold cross-validation folds with their mean ± std."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, ready
+from omegaconf import OmegaConf
+
+from classifier.data import DigitsDataModule
+from classifier.data.base import targets_of
+from classifier.errors import UserError
+from classifier.sweeps import SUMMARY_CSV, SUMMARY_MD, main, summarize, write_summary
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow  # a sweep of 4 jobs in another process
+def test_a_2x2_multirun_summarises_every_job_and_a_failed_one_does_not_stop_the_sweep(tmp_path):
+    command = [
+        str(REPO / "train.py"),
+        "-m",
+        "seed=1,2",
+        "optimizer.lr=3e-3,-1",  # -1: torch refuses it, in the two jobs that have it
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "model.width=8",
+        "logger=none",
+        "trainer.enable_model_summary=false",
+    ]
+    result = subprocess.run(
+        [sys.executable, *command], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output
+    assert "job 1 failed: optimizer: Invalid learning rate: -1" in output  # Hydra's last line
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    rows = read_rows(sweep / SUMMARY_CSV)
+    assert [(r["seed"], r["optimizer.lr"], r["status"]) for r in rows[2:]] == [
+        ("1", "-1", "failed"),
+        ("2", "-1", "failed"),
+    ]
+    completed = rows[:2]
+    assert {(r["seed"], r["optimizer.lr"]) for r in completed} == {("1", "0.003"), ("2", "0.003")}
+    for row in completed:
+        metrics = json.loads((sweep / row["job"] / "metrics.json").read_text())
+        assert float(row["val/top1"]) == pytest.approx(metrics["val/top1"], rel=1e-5)
+        assert row["best_epoch"] == "1" and float(row["seconds"]) > 0 and row["error"] == ""
+    assert float(completed[0]["val/top1"]) >= float(completed[1]["val/top1"])  # best first
+    assert all(r["error"] == "optimizer: Invalid learning rate: -1" for r in rows[2:])
+    assert "trainer.max_epochs=1" in rows[0]["overrides"] and "trainer.max_epochs" not in rows[0]
+    markdown = (sweep / SUMMARY_MD).read_text()
+    assert "4 jobs, 2 not completed; sorted by val/top1" in markdown and "## Errors" in markdown
+
+    # rebuilt from the job folders alone
+    (sweep / SUMMARY_CSV).unlink()
+    (sweep / SUMMARY_MD).unlink()
+    assert main([str(sweep)]) == 0
+    assert read_rows(sweep / SUMMARY_CSV) == rows and (sweep / SUMMARY_MD).read_text() == markdown
+
+
+def fake_job(sweep, number, overrides, metrics, status="completed", error=None):
+    job = sweep / str(number)
+    (job / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    record = {"job": str(number), "status": status, "error": error, "seconds": 1.0, "overrides": overrides}
+    record["optimized_metric"] = "val/loss"
+    (job / "job.json").write_text(json.dumps(record))
+
+
+def test_fold_settings_get_mean_and_std_and_a_loss_sorts_lowest_first(tmp_path):
+    sweep = tmp_path / "sweep"
+    losses = {("a", 0): 0.5, ("a", 1): 0.7, ("a", 2): 0.6, ("b", 0): 0.4, ("b", 1): 0.2}
+    for number, ((model, fold), loss) in enumerate(losses.items()):
+        overrides = [f"model.name={model}", "data.folds=3", f"data.fold={fold}", "hydra.verbose=true"]
+        fake_job(sweep, number, overrides, {"val/loss": loss, "val/top1": 1 - loss})
+    fake_job(sweep, 5, ["model.name=b", "data.folds=3", "data.fold=2"], None, "failed", "out of memory")
+    rows, metric = summarize(sweep)
+    assert metric == "val/loss"
+    assert [row["metrics"].get("val/loss") for row in rows] == [0.2, 0.4, 0.5, 0.6, 0.7, None]
+    assert "hydra.verbose" not in rows[0]["overrides"]
+    markdown = write_summary(sweep)
+    a = [0.5, 0.7, 0.6]  # model a's val/loss over its 3 folds; val/top1 is 1 - loss
+    mean, spread = statistics.mean(a), statistics.stdev(a)
+    assert "| setting | folds | val/top1 | val/loss |" in markdown
+    assert f"| model.name=a | 3 | {1 - mean:.4f} ± {spread:.4f} | {mean:.4f} ± {spread:.4f} |" in markdown
+    assert "| model.name=b | 2 | 0.7000 ± 0.1414 | 0.3000 ± 0.1414 |" in markdown  # the failed fold left out
+    assert "- job 5: out of memory" in markdown
+    assert "sorted by val/loss (lower is better)" in markdown
+
+
+def pool_and_val(**kwargs):
+    datamodule = ready(DigitsDataModule(num_workers=0, **kwargs))
+    return datamodule, np.asarray(targets_of(datamodule.dataset("val")))
+
+
+def test_folds_partition_train_and_val_stratified_and_seeded():
+    plain = ready(DigitsDataModule(num_workers=0))
+    pool = len(plain.dataset("train")) + len(plain.dataset("val"))
+    vals = []
+    for fold in range(5):
+        datamodule, labels = pool_and_val(folds=5, fold=fold)
+        train, val = datamodule.dataset("train"), datamodule.dataset("val")
+        assert len(train) + len(val) == pool and abs(len(val) - pool / 5) <= 1
+        assert not set(train.indices) & set(val.indices)
+        assert datamodule.dataset("test") is not None and len(datamodule.dataset("test")) == 360
+        counts = np.bincount(labels, minlength=10) / len(labels)
+        overall = np.bincount(targets_of(train.dataset), minlength=10) / pool
+        assert np.abs(counts - overall).max() < 0.01  # stratified
+        vals.append(set(val.indices))
+    assert set().union(*vals) == set(range(pool)) and sum(map(len, vals)) == pool  # a partition
+    assert set(pool_and_val(folds=5, fold=2)[0].dataset("val").indices) == vals[2]  # the same again
+    assert set(pool_and_val(folds=5, fold=2, split_seed=1)[0].dataset("val").indices) != vals[2]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"folds": 5}, r"data.folds=5 needs data.fold=i \(0..4\); every fold: -m 'data.fold=range\(5\)'"),
+        ({"fold": 1}, r"data.fold=1 needs data.folds=K"),
+        ({"folds": 1, "fold": 0}, r"data.folds=1 must be 2 or more"),
+        ({"folds": 3, "fold": 3}, r"data.fold=3 must be in 0..2 \(data.folds=3\)"),
+        ({"folds": "five", "fold": 0}, r"data.folds='five' is not an integer"),
+    ],
+)
+def test_fold_mistakes_are_one_line(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        DigitsDataModule(**kwargs)
