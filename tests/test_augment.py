@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 import numpy as np
@@ -132,3 +133,18 @@ def test_a_run_with_the_strong_preset_trains(compose_train, recorders):
     train(compose_train("augment=strong", "trainer.fast_dev_run=true", "logger=none", RECORD))
     (recorder,) = recorders
     assert np.isfinite(recorder.train_loss).all() and len(recorder.batches["train"]) == 1
+
+
+def test_randaugment_at_low_magnitudes_never_asks_pillow_for_zero_bits():
+    # timm's Posterize level is magnitude / 10 * 4 bits: 0 below 2.5, which Pillow refuses
+    transform = create_train_transform(
+        InputSpec(32, crop_pct=1.0), augment=Augment(policy="randaugment", magnitude=0, num_ops=3)
+    )
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    random.seed(0)  # timm draws its ops with Python's random
+    for _ in range(200):  # about 1 in 12 drew a 0-bit posterize before
+        assert transform(image).shape == (3, 32, 32)
+    from classifier.data.transforms import posterize_keeping_a_bit
+
+    one_bit = np.asarray(posterize_keeping_a_bit(image, 0))
+    assert set(np.unique(one_bit)) <= {0, 128}

@@ -7,7 +7,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 
 import torch
+from PIL import Image
 from timm.data import DEFAULT_CROP_MODE, DEFAULT_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data.auto_augment import posterize as timm_posterize
 from timm.data.auto_augment import rand_augment_transform
 from torchvision.transforms import InterpolationMode, v2
 
@@ -125,6 +127,13 @@ class Augment:
         return cls(**config)
 
 
+def posterize_keeping_a_bit(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+    """timm's Posterize at low magnitudes asks for 0 bits (its level is magnitude / 10 * 4, so
+    magnitudes under 2.5 give 0), which Pillow refuses (13.0: 'bits must be between or equal to 1
+    and 8'), so one image in ~12 raised; keep at least one bit, the strongest posterize there is."""
+    return timm_posterize(img, max(1, int(bits_to_keep)), **kwargs)
+
+
 def _policy(augment: Augment, spec: InputSpec) -> list[Callable]:
     """The augmentation policy and colour jitter, on PIL images: for small images before the crop
     and flip (measured on 32 px: timm's PIL RandAugment there costs a third of torchvision's on
@@ -138,6 +147,9 @@ def _policy(augment: Augment, spec: InputSpec) -> list[Callable]:
         # timm's ops take PIL images: tensors from in-memory data sets (digits, CIFAR) become one
         # (a PIL image passes ToPILImage unchanged).
         policy = rand_augment_transform(f"rand-m{augment.magnitude}-n{augment.num_ops}-mstd0.5", hparams)
+        for op in policy.ops:
+            if op.aug_fn is timm_posterize:
+                op.aug_fn = posterize_keeping_a_bit
         steps += [v2.ToPILImage(), policy]
     elif augment.policy == "trivialaugment":
         steps.append(v2.TrivialAugmentWide(interpolation=interpolation))
