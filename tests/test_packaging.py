@@ -19,7 +19,7 @@ def test_wheel_ships_the_configs_and_trains_outside_the_repo(tmp_path):
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    for folder in ("classifier", "conf"):
+    for folder in ("classifier", "conf", "hydra_plugins"):
         shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run(
@@ -29,6 +29,8 @@ def test_wheel_ships_the_configs_and_trains_outside_the_repo(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for config in CONF_DIR.rglob("*.yaml"):
         assert f"classifier/conf/{config.relative_to(CONF_DIR)}" in names
+    assert "hydra_plugins/classifier_optuna_sweeper/optuna_sweeper.py" in names
+    assert "hydra_plugins/__init__.py" not in names  # a namespace other plugins share
 
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)

@@ -19,6 +19,9 @@ from classifier.data.base import targets_of
 from classifier.errors import UserError
 from classifier.sweeps import SUMMARY_CSV, SUMMARY_MD, main, summarize, write_summary
 
+sys.path.insert(0, str(REPO))  # hydra_plugins/ at the repository root, as train.py finds it
+from hydra_plugins.classifier_optuna_sweeper.optuna_sweeper import search_space  # noqa: E402
+
 
 def read_rows(path):
     with open(path, newline="") as f:
@@ -138,3 +141,73 @@ def test_folds_partition_train_and_val_stratified_and_seeded():
 def test_fold_mistakes_are_one_line(kwargs, message):
     with pytest.raises(UserError, match=message):
         DigitsDataModule(**kwargs)
+
+
+def test_the_optuna_search_space_reads_hydras_sweep_syntax():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    distributions, fixed = search_space(
+        [
+            "optimizer.lr=tag(log, interval(1e-4, 1e-2))",
+            "data.batch_size=choice(32, 64, 128)",
+            "augment.magnitude=range(0, 11, 2)",
+            "model.drop_rate=interval(0.0, 0.5)",
+            "trainer.max_epochs=3",
+            "trainer.max_epochs=range(1, 4)",  # a command-line sweep replaces a fixed value
+        ]
+    )
+    assert distributions["optimizer.lr"] == FloatDistribution(1e-4, 1e-2, log=True)
+    assert distributions["data.batch_size"] == CategoricalDistribution([32, 64, 128])
+    assert distributions["augment.magnitude"] == IntDistribution(0, 10, step=2)
+    assert distributions["model.drop_rate"] == FloatDistribution(0.0, 0.5)
+    assert distributions["trainer.max_epochs"] == IntDistribution(1, 3)
+    assert fixed == {}
+    assert search_space(["seed=7"]) == ({}, {"seed": "7"})
+
+
+@pytest.mark.slow  # two sweeps in other processes
+def test_a_3_trial_optuna_study_reports_its_best_trial_and_resumes_from_its_storage(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    common = [
+        str(REPO / "train.py"),
+        "-m",
+        "hparams_search=optuna",
+        f"hydra.sweeper.storage={storage}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "model.width=8",
+        "logger=none",
+        "trainer.enable_model_summary=false",
+    ]
+
+    def sweep(trials: int, folder: str):
+        result = subprocess.run(
+            [sys.executable, *common, f"hydra.sweeper.n_trials={trials}", f"hydra.sweep.dir={folder}"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        return result.stdout + result.stderr
+
+    sweep(3, "first")
+    results = OmegaConf.load(tmp_path / "first" / "optimization_results.yaml")
+    rows = read_rows(tmp_path / "first" / SUMMARY_CSV)
+    assert len(rows) == 3 and results.trials.finished == 3
+    completed = [row for row in rows if row["status"] == "completed"]
+    assert results.best_value == pytest.approx(max(float(row["val/top1"]) for row in completed), abs=1e-6)
+    best = next(row for row in rows if row["job"] == str(results.best_trial))
+    assert float(best["optimizer.lr"]) == pytest.approx(results.best_params["optimizer.lr"])
+    for row in rows:  # each trial drew its values from the search space
+        assert (
+            1e-4 <= float(row["optimizer.lr"]) <= 1e-2 and 1e-5 <= float(row["optimizer.weight_decay"]) <= 0.1
+        )
+        assert int(row["data.batch_size"]) in (32, 64, 128) and int(row["augment.magnitude"]) in range(
+            0, 11, 2
+        )
+
+    output = sweep(4, "again")  # the same study: one trial to go
+    assert "3 of 4 trials already finished" in output
+    assert [row["job"] for row in read_rows(tmp_path / "again" / SUMMARY_CSV)] == ["3"]
+    assert OmegaConf.load(tmp_path / "again" / "optimization_results.yaml").trials.finished == 4
