@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -69,6 +70,7 @@ class SweepSummary(Callback):
             "status": "completed" if error is None else "failed",
             "error": error,
             "seconds": round(time.time() - self._started, 1) if self._started else None,
+            "pid": os.getpid(),
             "overrides": list(config.hydra.overrides.task),
             "optimized_metric": OmegaConf.select(config, "optimized_metric"),
         }

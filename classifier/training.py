@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -34,10 +35,12 @@ from classifier.checkpoints import (
 )
 from classifier.data import ClassificationDataModule
 from classifier.data.numeric import to_flag
+from classifier.devices import sweep_job_device
 from classifier.errors import CTRL_C_EXIT, SIGTERM_EXIT, RunInterrupted
 from classifier.evaluation import evaluate_and_report
 from classifier.model_card import cpu_inference_speed, model_card, write_model_card
 from classifier.module import ClassifierModule
+from classifier.preemption import SIGUSR1_EXIT, Preemption, sigusr1_stops_training
 from classifier.reports import EvaluationReport
 from classifier.rundir import check_writable, run_dir_lock
 
@@ -55,8 +58,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     # Only the first process holds it: DDP's other ranks run this same function in the same dir.
     holding = run_dir_lock(output_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext()
-    with holding:
+    with holding, sweep_job_device(cfg, _sweep_dir()):
         return _train(cfg, output_dir)
+
+
+def _sweep_dir() -> str | None:
+    """The sweep folder when this run is a job of a multirun."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return str(HydraConfig.get().sweep.dir)
+    return None
 
 
 def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
@@ -72,8 +82,10 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     ckpt_path = _checkpoint_to_resume(cfg, trainer, output_dir, datamodule.class_names, module)
     for logger in trainer.loggers:
         logger.log_hyperparams(config)
+    preemption = Preemption()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        with sigusr1_stops_training(preemption):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         training = {  # read now: evaluating replaces the trainer's train metrics
             "seconds": round(metadata.train_seconds, 1),
             "epochs": trainer.current_epoch,
@@ -95,7 +107,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         # CheckpointOnInterrupt has saved what there was. Any other SystemExit goes on as it is.
         if not _is_interrupt(exc):
             raise
-        raise _interrupted(exc, on_interrupt.saved, output_dir) from None
+        raise _interrupted(exc, on_interrupt.saved, output_dir, preemption) from None
 
 
 def _is_interrupt(exc: BaseException) -> bool:
@@ -190,7 +202,9 @@ def _write_model_card(
     log.info("model card: %s", write_model_card(output_dir, card))
 
 
-def _interrupted(exc: BaseException, saved: str | None, output_dir: Path) -> RunInterrupted:
+def _interrupted(
+    exc: BaseException, saved: str | None, output_dir: Path, preemption: Preemption
+) -> RunInterrupted:
     sigterm = isinstance(exc, SIGTERMException)
     last = output_dir / LAST
     if saved:
@@ -199,10 +213,12 @@ def _interrupted(exc: BaseException, saved: str | None, output_dir: Path) -> Run
         state = f"{last} is kept"
     else:
         state = "no checkpoint yet"
+    resume = f"resume with: {resume_command(output_dir)}"
+    if preemption.received:  # SIGUSR1 stopped it through Lightning's SIGTERM path
+        return RunInterrupted(f"stopped by SIGUSR1: {state}; {preemption.requeue()}; {resume}", SIGUSR1_EXIT)
     signal_name = "SIGTERM" if sigterm else "Ctrl-C"
     return RunInterrupted(
-        f"stopped by {signal_name}: {state}; resume with: {resume_command(output_dir)}",
-        SIGTERM_EXIT if sigterm else CTRL_C_EXIT,
+        f"stopped by {signal_name}: {state}; {resume}", SIGTERM_EXIT if sigterm else CTRL_C_EXIT
     )
 
 

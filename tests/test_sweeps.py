@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -211,3 +212,100 @@ def test_a_3_trial_optuna_study_reports_its_best_trial_and_resumes_from_its_stor
     assert "3 of 4 trials already finished" in output
     assert [row["job"] for row in read_rows(tmp_path / "again" / SUMMARY_CSV)] == ["3"]
     assert OmegaConf.load(tmp_path / "again" / "optimization_results.yaml").trials.finished == 4
+
+
+def test_the_slurm_launcher_and_trainer_configs_fit_together(tmp_path):
+    from conftest import compose_config
+
+    cfg = compose_config(
+        "train",
+        tmp_path,
+        [
+            "hydra/launcher=slurm",
+            "trainer=slurm",
+            "hydra.launcher.partition=gpu",
+            "hydra.launcher.nodes=2",
+            "hydra.launcher.gpus_per_node=4",
+        ],
+        quiet=False,
+    )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.partition, launcher.nodes, launcher.tasks_per_node) == ("gpu", 2, 4)
+    assert launcher.signal_delay_s == 120 and launcher.max_num_timeout == 5
+    assert (cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.num_nodes) == ("ddp", 4, 2)
+
+
+def test_jobs_side_by_side_claim_different_gpus_and_free_them(tmp_path):
+    from classifier.devices import claim_gpu
+
+    # another process holds GPU 0, as a parallel job of the sweep would
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX);"
+            " print('held', flush=True); time.sleep(60)",
+            str(tmp_path / "gpu0.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with claim_gpu(tmp_path, 3) as first, claim_gpu(tmp_path, 3) as second:
+            assert (first, second) == (1, 2)
+            with pytest.raises(TimeoutError, match="no free GPU of 3"), claim_gpu(tmp_path, 3, timeout=0):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with claim_gpu(tmp_path, 3) as again:  # the killed job's GPU is free
+        assert again == 0
+
+
+def test_one_gpu_per_job_applies_to_single_device_jobs_on_several_gpus(compose_train, monkeypatch):
+    import torch
+
+    from classifier.devices import sweep_job_device, wants_one_gpu
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert wants_one_gpu(compose_train("trainer.accelerator=auto"))
+    assert not wants_one_gpu(compose_train("trainer.accelerator=auto", "trainer.devices=2"))
+    assert not wants_one_gpu(compose_train("trainer.accelerator=auto", "one_gpu_per_job=false"))
+    assert not wants_one_gpu(compose_train("trainer.accelerator=cpu"))
+    cfg = compose_train("trainer.accelerator=gpu")
+    with sweep_job_device(cfg, compose_train().paths.output_dir):
+        assert list(cfg.trainer.devices) == [0]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert not wants_one_gpu(compose_train("trainer.accelerator=gpu"))
+
+
+@pytest.mark.slow  # sweeps whose jobs run in processes of their own
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_a_launcher_runs_jobs_in_their_own_processes_and_folders(tmp_path, launcher):
+    command = [
+        str(REPO / "train.py"),
+        "-m",
+        f"hydra/launcher={launcher}",
+        *(["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []),
+        "seed=1,2",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "model.width=8",
+        "logger=none",
+        "measure_cpu_speed=false",
+    ]
+    result = subprocess.run(
+        [sys.executable, *command], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    rows = read_rows(sweep / SUMMARY_CSV)
+    assert sorted(r["seed"] for r in rows) == ["1", "2"] and {r["status"] for r in rows} == {"completed"}
+    pids = set()
+    for job in ("0", "1"):
+        log = (sweep / job / "train.log").read_text()
+        assert "reports written to" in log and (sweep / job / "checkpoints" / "best.ckpt").is_file()
+        pids.add(json.loads((sweep / job / "job.json").read_text())["pid"])
+    assert len(pids) == 2 and os.getpid() not in pids  # neither job ran in the sweep's own process

@@ -29,6 +29,7 @@ from classifier.cli import expand_home_in_argv
 from classifier.console import DropAdverts
 from classifier.errors import CTRL_C_EXIT, SIGTERM_EXIT, RunInterrupted, UserError
 from classifier.models.weights import read_state_dict
+from classifier.preemption import SIGUSR1_EXIT
 from classifier.rundir import run_dir_lock
 from classifier.training import train
 
@@ -54,6 +55,8 @@ class StopAt(L.Callback):
             return
         if self.how == "sigterm":
             os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler stops before the next batch
+        elif self.how == "sigusr1":
+            os.kill(os.getpid(), signal.SIGUSR1)  # SLURM's warning before a time limit or preemption
         else:
             raise KeyboardInterrupt
 
@@ -315,7 +318,9 @@ def restore_sigint():
     signal.signal(signal.SIGINT, handler)
 
 
-@pytest.mark.parametrize("how, status", [("sigterm", SIGTERM_EXIT), ("ctrl-c", CTRL_C_EXIT)])
+@pytest.mark.parametrize(
+    "how, status", [("sigterm", SIGTERM_EXIT), ("ctrl-c", CTRL_C_EXIT), ("sigusr1", SIGUSR1_EXIT)]
+)
 def test_an_interrupt_saves_last_ckpt_mid_epoch_and_the_same_command_resumes(
     compose_train, tmp_path, restore_sigint, how, status
 ):
@@ -332,6 +337,8 @@ def test_an_interrupt_saves_last_ckpt_mid_epoch_and_the_same_command_resumes(
     assert stopped.value.exit_status == status
     assert f"saved {run_dir / 'checkpoints' / 'last.ckpt'} (epoch 2, global step 7)" in message
     assert message.endswith(f"hydra.run.dir={run_dir}")
+    if how == "sigusr1":
+        assert message.startswith("stopped by SIGUSR1: ") and "not under SLURM: not requeued" in message
     saved = last_checkpoint(run_dir)
     assert (saved["epoch"], saved["global_step"]) == (1, 7)
 
@@ -339,6 +346,29 @@ def test_an_interrupt_saves_last_ckpt_mid_epoch_and_the_same_command_resumes(
     final = last_checkpoint(run_dir)
     assert (final["epoch"], final["global_step"]) == (2, 12)  # the remaining 1 + 4 steps, no more
     assert metrics["val/top1"] > 0
+
+
+def test_sigusr1_under_slurm_saves_last_ckpt_and_requeues_the_job(compose_train, tmp_path, monkeypatch):
+    # A stand-in scontrol on PATH records how it was called.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "scontrol.args"}\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    stop = [
+        "+callbacks.stop._target_=test_trust.StopAt",
+        "+callbacks.stop.epoch=0",
+        "+callbacks.stop.batch=1",
+    ]
+    with pytest.raises(RunInterrupted) as stopped:
+        train(compose_train(*SHORT, "trainer.max_epochs=2", *stop, "+callbacks.stop.how=sigusr1"))
+    assert stopped.value.exit_status == SIGUSR1_EXIT
+    assert "SLURM job 4242 requeued" in str(stopped.value)
+    assert (tmp_path / "scontrol.args").read_text().strip() == "requeue 4242"
+    assert (last_checkpoint(tmp_path / "run")["global_step"]) == 2
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # put back after training
 
 
 def test_the_progress_bar_shows_a_short_set_and_each_epoch_gets_a_summary_line(compose_train, caplog):

@@ -1,0 +1,83 @@
+"""One GPU per job when a multirun's jobs run side by side (the joblib or submitit_local launcher on a
+machine with several GPUs): each job claims a free GPU with a lock file in the sweep folder and trains
+on it alone, so jobs never share a device unless the config asks for more than one per job."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, open_dict
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; jobs keep the devices the config gives them
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
+LOCK_FOLDER = ".gpu_locks"
+WAIT_SECONDS = 5.0
+
+
+def wants_one_gpu(cfg: DictConfig) -> bool:
+    """Whether this job trains on one GPU that the sweep should choose: one_gpu_per_job is on, the
+    trainer takes one device (trainer.devices=1) on a GPU or 'auto', and torch sees several GPUs."""
+    trainer = cfg.get("trainer") or {}
+    accelerator = str(trainer.get("accelerator", "auto")).lower()
+    return (
+        bool(cfg.get("one_gpu_per_job", True))
+        and fcntl is not None
+        and accelerator in ("auto", "gpu", "cuda")
+        and str(trainer.get("devices")) == "1"
+        and torch.cuda.device_count() > 1
+    )
+
+
+@contextlib.contextmanager
+def claim_gpu(lock_dir: Path, count: int, timeout: float | None = None) -> Iterator[int]:
+    """Hold the lock of the first free GPU of `count` (waiting for one to be released) and yield its
+    index; the lock goes with the process, so a killed job frees its GPU.
+
+    Raises:
+        TimeoutError: no GPU was free within `timeout` seconds (None: wait for ever).
+    """
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    started, announced = time.monotonic(), False
+    while True:
+        for index in range(count):
+            handle = open(lock_dir / f"gpu{index}.lock", "a+")  # noqa: SIM115  (held while yielding)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                continue
+            try:
+                yield index
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+            return
+        if timeout is not None and time.monotonic() - started > timeout:
+            raise TimeoutError(f"no free GPU of {count} in {timeout:.0f} s")
+        if not announced:
+            log.info("all %d GPUs are taken by other jobs of this sweep: waiting for one", count)
+            announced = True
+        time.sleep(WAIT_SECONDS)
+
+
+@contextlib.contextmanager
+def sweep_job_device(cfg: DictConfig, sweep_dir: str | Path | None) -> Iterator[None]:
+    """In a multirun job that wants_one_gpu, set trainer.devices to the GPU it claims for its whole run."""
+    if sweep_dir is None or not wants_one_gpu(cfg):
+        yield
+        return
+    with claim_gpu(Path(sweep_dir) / LOCK_FOLDER, torch.cuda.device_count()) as index:
+        with open_dict(cfg):
+            cfg.trainer.devices = [index]
+        log.info("this job trains on GPU %d (one_gpu_per_job=true)", index)
+        yield
