@@ -43,6 +43,7 @@ from classifier.module import ClassifierModule
 from classifier.preemption import SIGUSR1_EXIT, Preemption, sigusr1_stops_training
 from classifier.reports import EvaluationReport
 from classifier.rundir import check_writable, run_dir_lock
+from classifier.tuning import tune_hyperparameters
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         cfg.data, pretrained_input_overrides(cfg.data, cfg.model), augment=cfg.get("augment")
     )
     module = build_module(cfg, datamodule)
+    tune_hyperparameters(cfg, module, datamodule, output_dir)  # before the config is recorded
     config = run_config(cfg)
     metadata = RunMetadata(config, datamodule.class_names, datamodule.input_spec.to_dict())
     on_interrupt = CheckpointOnInterrupt(output_dir / LAST)
