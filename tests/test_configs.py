@@ -145,13 +145,18 @@ TRAINER_OBJECTS = {
     "ddp_cpu": (CPUAccelerator, DDPStrategy, 2, Precision, "32-true"),
     "gpu": (CUDAAccelerator, SingleDeviceStrategy, 1, MixedPrecision, "bf16-mixed"),
     "ddp": (CUDAAccelerator, DDPStrategy, 2, MixedPrecision, "bf16-mixed"),
+    "slurm": (CUDAAccelerator, DDPStrategy, 2, MixedPrecision, "bf16-mixed"),
 }
-GPU_TRAINERS = {"gpu", "ddp"}
+GPU_TRAINERS = {"gpu", "ddp", "slurm"}
+# trainer=slurm takes its devices and nodes from hydra/launcher=slurm
+TRAINER_OVERRIDES = {"slurm": ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=2"]}
 
 
 @pytest.mark.parametrize("trainer", TRAINERS)
 def test_every_trainer_config_builds_its_trainer(trainer, tmp_path, monkeypatch):
-    cfg = compose_config("train", tmp_path, [f"trainer={trainer}"], quiet=False)
+    cfg = compose_config(
+        "train", tmp_path, [f"trainer={trainer}", *TRAINER_OVERRIDES.get(trainer, [])], quiet=False
+    )
     if trainer in GPU_TRAINERS and not torch.cuda.is_available():
         with pytest.raises(UserError) as error:  # as typed on this machine
             build_trainer(cfg, with_loggers=False)
@@ -170,7 +175,7 @@ def test_every_trainer_config_builds_its_trainer(trainer, tmp_path, monkeypatch)
     assert type(built.strategy) is strategy
     assert built.num_devices == devices
     assert type(built.precision_plugin) is precision and built.precision == precision_name
-    if trainer == "ddp":
+    if trainer in ("ddp", "slurm"):
         assert isinstance(built.strategy._layer_sync, TorchSyncBatchNorm)  # sync_batchnorm
     if trainer in GPU_TRAINERS:
         assert torch.backends.cudnn.benchmark is True
