@@ -43,6 +43,8 @@ _QUIET_WARNINGS = (
     # resume line says so (classifier.callbacks.RunMetadata).
     r".*resuming from a checkpoint that ended before the epoch ended.*",
     r".*Checkpoint directory .* exists and is not empty.*",  # a resumed run's, or resume=false's
+    # data=litdata: LitData's streaming dataset shards itself over loader workers and processes.
+    r".*Your `IterableDataset` has `__len__` defined.*",
     # A frozen backbone's batch norms are in eval mode on purpose (model.freeze_backbone, unfreeze).
     r".*module\(s\) in eval mode at the start of training.*",
 )
