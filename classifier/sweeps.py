@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -78,7 +79,8 @@ class SweepSummary(Callback):
         write_summary(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        write_summary(Path(config.hydra.sweep.dir))
+        # The table, on the console where the sweep ran (a failed job ends a sweep before this).
+        print(write_summary(Path(config.hydra.sweep.dir)), end="", flush=True)
 
 
 # -- reading a sweep directory ----------------------------------------------------------------------
@@ -109,6 +111,19 @@ def _best_epoch(job_dir: Path) -> int | None:
     return int(epoch) + 1 if isinstance(epoch, int) else None
 
 
+def _from_model_card(job_dir: Path) -> dict[str, Any]:
+    """The network's parameters and its training speed, from the job's model_card.yaml."""
+    path = job_dir / "model_card.yaml"
+    try:
+        card = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    except yaml.YAMLError:
+        card = {}
+    return {
+        "parameters": (card.get("model") or {}).get("parameters"),
+        "images_per_sec": (card.get("training") or {}).get("images_per_sec"),
+    }
+
+
 def read_job(job_dir: Path) -> dict[str, Any]:
     """One summary row from a job directory: its job.json (a job killed before it ended has none:
     'unfinished'), overrides, metrics.json and best epoch."""
@@ -121,6 +136,7 @@ def read_job(job_dir: Path) -> dict[str, Any]:
         "status": record.get("status", "unfinished"),
         "overrides": _overrides(job_dir, record),
         "best_epoch": _best_epoch(job_dir),
+        **_from_model_card(job_dir),
         "metrics": {key: float(value) for key, value in metrics.items()},
         "seconds": record.get("seconds"),
         "error": record.get("error"),
@@ -185,7 +201,8 @@ def summary_csv(rows: list[dict[str, Any]]) -> str:
     override_keys, metric_keys = _columns(rows)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    header = ["job", "status", *override_keys, "best_epoch", *metric_keys, "seconds", "error", "overrides"]
+    header = ["job", "status", *override_keys, "best_epoch", "parameters", "train_images_per_sec"]
+    header += [*metric_keys, "seconds", "error", "overrides"]
     writer.writerow(header)
     for row in rows:
         writer.writerow(
@@ -194,6 +211,8 @@ def summary_csv(rows: list[dict[str, Any]]) -> str:
                 row["status"],
                 *[row["overrides"].get(key, "") for key in override_keys],
                 "" if row["best_epoch"] is None else row["best_epoch"],
+                "" if row["parameters"] is None else row["parameters"],
+                "" if row["images_per_sec"] is None else row["images_per_sec"],
                 *[_plain(row["metrics"].get(key)) for key in metric_keys],
                 "" if row["seconds"] is None else row["seconds"],
                 row["error"] or "",
@@ -249,8 +268,10 @@ def summary_markdown(rows: list[dict[str, Any]], metric: str | None, sweep_dir: 
         + (" (lower is better)" if lower else ""),
         "",
         *([f"Every job: `{' '.join(common)}`", ""] if common else []),
-        "| job | status | " + " | ".join([*override_keys, "best epoch", *metric_keys, "seconds"]) + " |",
-        "|---" * (len(override_keys) + len(metric_keys) + 4) + "|",
+        "| job | status | "
+        + " | ".join([*override_keys, "best epoch", "params (M)", "images/s", *metric_keys, "seconds"])
+        + " |",
+        "|---" * (len(override_keys) + len(metric_keys) + 6) + "|",
     ]
     for row in rows:
         values = [
@@ -258,6 +279,8 @@ def summary_markdown(rows: list[dict[str, Any]], metric: str | None, sweep_dir: 
             row["status"],
             *[row["overrides"].get(key, "") for key in override_keys],
             "" if row["best_epoch"] is None else row["best_epoch"],
+            "" if row["parameters"] is None else f"{row['parameters'] / 1e6:.2f}",
+            "" if row["images_per_sec"] is None else f"{row['images_per_sec']:.0f}",
             *["" if row["metrics"].get(key) is None else f"{row['metrics'][key]:.4f}" for key in metric_keys],
             "" if row["seconds"] is None else f"{row['seconds']:.0f}",
         ]

@@ -309,3 +309,40 @@ def test_a_launcher_runs_jobs_in_their_own_processes_and_folders(tmp_path, launc
         assert "reports written to" in log and (sweep / job / "checkpoints" / "best.ckpt").is_file()
         pids.add(json.loads((sweep / job / "job.json").read_text())["pid"])
     assert len(pids) == 2 and os.getpid() not in pids  # neither job ran in the sweep's own process
+
+
+@pytest.mark.slow  # a CNN and a ViT, a few steps each, in another process
+def test_the_cnn_vs_vit_study_trains_both_under_one_recipe_and_prints_their_table(tmp_path):
+    from conftest import write_cifar_batches
+
+    write_cifar_batches(tmp_path / "cifar", "cifar10")
+    command = [
+        str(REPO / "train.py"),
+        "-m",
+        "experiment=cnn_vs_vit",
+        f"data.root={tmp_path / 'cifar'}",
+        "data.batch_size=16",
+        "data.num_workers=0",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "logger=none",
+        "measure_cpu_speed=false",
+    ]
+    result = subprocess.run(
+        [sys.executable, *command], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    rows = {row["model"]: row for row in read_rows(sweep / SUMMARY_CSV)}
+    assert set(rows) == {"resnet18_cifar", "vit_cifar"}
+    assert int(rows["resnet18_cifar"]["parameters"]) == 11_173_962  # with the CIFAR stem
+    assert int(rows["vit_cifar"]["parameters"]) == 12_470_026  # 7 x 384, patch 4
+    for model, row in rows.items():  # the same recipe for both
+        config = OmegaConf.load(sweep / row["job"] / ".hydra" / "config.yaml")
+        assert (config.optimizer.lr, config.augment.policy, config.module.label_smoothing) == (
+            1e-3,
+            "randaugment",
+            0.1,
+        )
+        assert row["status"] == "completed" and 0 <= float(row["test/top1"]) <= 1, model
+    assert "| job | status | model | best epoch | params (M) |" in result.stdout  # the table, printed
