@@ -438,6 +438,7 @@ def test_every_experiment_is_covered():
     assert set(EXPERIMENTS) == {
         "cifar10_resnet18",
         "cifar10_vit",
+        "cnn_vs_vit",
         "deit_finetune",
         "digits_cpu",
         "finetune",
