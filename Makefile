@@ -25,9 +25,10 @@ install: $(STAMP)
 train: $(STAMP)  ## the default run: digits + scratch_cnn on the CPU; extra overrides via ARGS="..."
 	$(BIN)/python train.py $(ARGS)
 
-# Two test processes (pytest-xdist): most tests run one single-threaded torch each, so two cores take
-# the suite from ~280 s to ~180 s. `pytest tests/x.py` alone runs in one process, for debugging.
-PYTEST_PROCESSES ?= 2
+# Three test processes (pytest-xdist) on two cores: most tests run one single-threaded torch, and many
+# wait on processes they start (sweeps, DDP, the CLI); measured on 2 cores, 273 tests: one process
+# ~430 s, two 273 s, three 241 s. `pytest tests/x.py` alone runs in one process, for debugging.
+PYTEST_PROCESSES ?= 3
 
 test: $(STAMP)  ## the whole suite (slow real-data tests skip when their data is absent)
 	$(BIN)/python -m pytest -n $(PYTEST_PROCESSES) $(ARGS)

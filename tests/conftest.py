@@ -288,3 +288,4 @@ def ready(datamodule):
     datamodule.prepare_data()
     datamodule.setup()
     return datamodule
+

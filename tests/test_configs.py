@@ -53,6 +53,11 @@ def data_overrides(name, tmp_path):
         rows = [f"{p.relative_to(root)},{p.parent.name},{p.parts[-3]}" for p in sorted(root.rglob("*.*"))]
         (root / "all.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
         return [f"data.csv={root / 'all.csv'}"]
+    if name == "litdata":
+        from classifier.data.streaming import convert_image_folder
+
+        convert_image_folder(root, str(tmp_path / "chunks"))
+        return [f"data.root={tmp_path / 'chunks'}"]
     return [f"data.root={root}"] if name == "imagefolder" else []
 
 

@@ -324,7 +324,9 @@ def test_the_cnn_vs_vit_study_trains_both_under_one_recipe_and_prints_their_tabl
         "data.batch_size=16",
         "data.num_workers=0",
         "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
         "logger=none",
         "measure_cpu_speed=false",
     ]
