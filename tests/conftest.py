@@ -288,4 +288,3 @@ def ready(datamodule):
     datamodule.prepare_data()
     datamodule.setup()
     return datamodule
-

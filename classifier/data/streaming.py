@@ -12,6 +12,7 @@ Streaming decodes each image as the folder module does (EXIF rotation, any mode 
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import logging
@@ -131,6 +132,7 @@ def convert_image_folder(
             continue
         samples = _samples(folder.dataset(split))
         counts = np.bincount([label for _, label in samples], minlength=len(folder.class_names))
+        options = {"verbose": False} if "verbose" in inspect.signature(litdata.optimize).parameters else {}
         litdata.optimize(
             fn=encode_sample,
             inputs=samples,
@@ -138,10 +140,10 @@ def convert_image_folder(
             chunk_bytes=chunk_bytes,
             num_workers=num_workers or 1,
             mode="overwrite",
-            verbose=False,
             # Its workers only read files: forking them takes 0.1 s where spawning (a fresh Python
             # importing torch) took 6 s per split.
             start_method="fork" if "fork" in multiprocessing.get_all_start_methods() else None,
+            **options,  # quiet (litdata 0.2.5x has no verbose)
         )
         info["splits"][split] = {"images": len(samples), "counts": counts.tolist()}
         log.info("%s: %d images -> %s", split, len(samples), _join(output, split))
