@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import logging
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -112,6 +115,42 @@ def test_a_resumed_run_draws_what_an_uninterrupted_run_draws(
     assert uninterrupted.keys() == resumed_weights.keys()
     for key, value in uninterrupted.items():
         assert torch.equal(value, resumed_weights[key]), key
+
+
+class SnapshotAtEpoch(L.Callback):
+    """Copies the run's checkpoints folder to `target` as epoch `epoch` starts: what a run killed with
+    -9 right after the previous epoch's checkpoints leaves behind."""
+
+    def __init__(self, epoch: int, target: str):
+        self.epoch, self.target = epoch, target
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            source = Path(trainer.checkpoint_callback.dirpath)
+            shutil.copytree(source, Path(self.target) / "checkpoints")
+
+
+@pytest.mark.slow  # two runs and a half
+def test_a_killed_run_resumed_by_the_same_command_ends_as_if_never_stopped(
+    compose_train, tmp_path, restore_deterministic_algorithms
+):
+    """The default recipe (warmup + cosine, random crops) under trainer.deterministic=true: killed
+    after epoch 1 of 3 and rerun as typed, it ends with the uninterrupted run's metrics and weights."""
+    command = [*SHORT, "trainer.max_epochs=3", "trainer.deterministic=true", "measure_cpu_speed=false"]
+    killed = tmp_path / "killed"
+    snapshot = [
+        "+callbacks.snapshot._target_=test_resume.SnapshotAtEpoch",
+        "+callbacks.snapshot.epoch=1",
+        f"+callbacks.snapshot.target={killed}",
+    ]
+    whole = train(compose_train(*command, *snapshot, output_dir=tmp_path / "whole"))
+    assert last_checkpoint(killed)["epoch"] == 0  # the state the killed run left: epoch 1 done
+    resumed = train(compose_train(*command, output_dir=killed))
+    assert resumed.keys() == whole.keys()
+    for key, value in whole.items():
+        assert resumed[key] == pytest.approx(value, abs=1e-6), key
+    for key, value in last_checkpoint(tmp_path / "whole")["state_dict"].items():
+        assert torch.equal(value, last_checkpoint(killed)["state_dict"][key]), key
 
 
 def wait_for(condition, process: subprocess.Popen, seconds: float = 300) -> None:
