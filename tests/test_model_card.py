@@ -43,7 +43,7 @@ def test_a_run_and_an_evaluation_write_their_model_cards(small_digits_run, tmp_p
     assert card["model"]["checkpoint"] == str(run_dir / "checkpoints" / "best.ckpt")
     assert card["data"]["class_names"] == [str(d) for d in range(10)]
     assert card["data"]["images"] == {"train": 1149, "val": 288, "test": 360}
-    assert card["input"]["img_size"] == 32 and card["recipe"]["optimizer"]["lr"] == 3e-3
+    assert card["input"]["img_size"] == 32 and card["recipe"]["optimizer"]["lr"] == 1e-2
     assert card["metrics"]["val"]["top1"] == pytest.approx(metrics["val/top1"], abs=1e-6)
     assert card["metrics"]["test"]["ece"] == pytest.approx(metrics["test/ece"], abs=1e-6)
     assert card["training"]["epochs"] == 1 and card["training"]["global_steps"] == 10

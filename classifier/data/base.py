@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import lightning as L
 import numpy as np
@@ -14,6 +15,8 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, WeightedRandomSampler
 
+from classifier.data.batched import BatchAugment, normalize
+from classifier.data.decoded import DecodedBatches, decoded_split, whole_batch
 from classifier.data.numeric import to_number, to_numbers
 from classifier.data.transforms import (
     DEFAULT_CROP_MODE,
@@ -114,6 +117,7 @@ def _check_folds(folds: object, fold: object) -> tuple[int | None, int | None]:
 
 
 SAMPLERS = (None, "balanced")
+DECODED_CACHE_MODES = ("auto", True, False)
 
 
 def _check_class_weights(value: str | Sequence[float] | None) -> str | list[float] | None:
@@ -164,6 +168,11 @@ class ClassificationDataModule(L.LightningDataModule):
         folds, fold: k-fold cross-validation: train and val become fold `fold`'s split of the
             training images (with the data's own val images, when it has them), stratified and
             seeded by split_seed; the test split stays as it is.
+        decoded_cache: 'auto' (on for small images with the basic augmentation on one process),
+            True (on, or an error saying why it cannot be) or False: each split decoded once into a
+            uint8 array (on disk for files), served in whole batches augmented batch-wise in this
+            process (classifier/data/decoded.py). Same augmentation distributions.
+        device_resident: keep the decoded arrays on the training device (a GPU): no transfers.
     """
 
     NATIVE_IMG_SIZE: int = PHOTO_SIDE  # the input side when data.img_size is null, unless read from files
@@ -191,6 +200,8 @@ class ClassificationDataModule(L.LightningDataModule):
         sampler: str | None = None,
         folds: int | None = None,
         fold: int | None = None,
+        decoded_cache: str | bool = "auto",
+        device_resident: bool = False,
     ):
         super().__init__()
         self.batch_size = to_number(batch_size, "data.batch_size", int)
@@ -222,6 +233,13 @@ class ClassificationDataModule(L.LightningDataModule):
             )
         self.sampler = sampler
         self.folds, self.fold = _check_folds(folds, fold)
+        if decoded_cache not in DECODED_CACHE_MODES:
+            raise UserError(f"data.decoded_cache={decoded_cache!r} is not one of auto, true, false")
+        if not isinstance(device_resident, bool):
+            raise UserError(f"data.device_resident={device_resident!r} must be true or false")
+        self.decoded_cache, self.device_resident = decoded_cache, device_resident
+        self._decoded: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache_decision: tuple[bool, str] | None = None
         # Every value checked now, before any file is read: a spec and transforms of a stand-in side.
         stand_in = self._resolve_input_spec(lambda: PHOTO_SIDE)
         create_train_transform(stand_in, train_crop, self.crop_scale, hflip, self.augment)
@@ -385,7 +403,82 @@ class ClassificationDataModule(L.LightningDataModule):
             return None
         return UnrepeatedDistributedSampler(dataset, shuffle=False)
 
+    # -- the decoded-image cache ------------------------------------------------------------------
+    def _why_not_decoded(self) -> str | None:
+        """Why the decoded cache cannot serve this data (None: it can)."""
+        spec = self.input_spec
+        if not is_small(spec.img_size):
+            return f"{spec.img_size} px images: the cache is for images up to 64 px"
+        if self.augment.policy or self.augment.color_jitter:
+            jitter = self.augment.color_jitter
+            return f"augment.policy={self.augment.policy} and color_jitter={jitter} run per image"
+        if self.augment.crop and self.train_crop not in ("auto", "pad"):
+            return f"data.train_crop={self.train_crop}: the cache does pad-and-crop only"
+        if self.sampler is not None:
+            return f"data.sampler={self.sampler} draws per image"
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed and torch.distributed.get_world_size() > 1:
+            return "DDP: each process reads its own share through the per-image loader"
+        if not all(hasattr(self.dataset(split), "__getitem__") for split in self.ready.datasets):
+            return "the data is streamed, not indexable"
+        return None
+
+    @property
+    def uses_decoded_cache(self) -> bool:
+        """Whether the loaders serve decoded batches (decided once, when the first loader is made)."""
+        if self._cache_decision is None:
+            reason = None if self.decoded_cache is False else self._why_not_decoded()
+            if self.decoded_cache is True and reason:
+                raise UserError(f"data.decoded_cache=true cannot be used here: {reason}")
+            use = self.decoded_cache is not False and reason is None
+            self._cache_decision = (use, reason or "")
+            if use:
+                log.info("decoded cache: on (whole batches augmented in this process, no loader workers)")
+            elif self.decoded_cache == "auto":
+                log.info("decoded cache: off (%s)", reason)
+        return self._cache_decision[0]
+
+    def _decoded_arrays(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if split not in self._decoded:
+            images, labels = decoded_split(self.dataset(split), self.input_spec, default_num_workers(), split)
+            trainer = getattr(self, "trainer", None)
+            if self.device_resident and trainer is not None:
+                device = trainer.strategy.root_device
+                images, labels = images.to(device), labels.to(device)
+            self._decoded[split] = (images, labels)
+        return self._decoded[split]
+
+    def batch_augment(self) -> BatchAugment:
+        spec = self.input_spec
+        return BatchAugment(
+            padding=max(1, spec.img_size // 8) if self.augment.crop else 0,
+            flip=bool(self.hflip and self.augment.hflip),
+            erasing=float(self.augment.erasing),
+            mean=spec.mean,
+            std=spec.std,
+        )
+
+    def _decoded_loader(self, split: str, train: bool) -> DataLoader:
+        images, labels = self._decoded_arrays(split)
+        spec = self.input_spec
+        # Augmented (or, to evaluate, normalised) as whole batches where they are: in this process on
+        # the CPU, or on the GPU with device_resident.
+        transform = self.batch_augment() if train else partial(normalize, mean=spec.mean, std=spec.std)
+        dataset = DecodedBatches(images, labels, transform)
+        drop_last = train and len(dataset) > self.batch_size
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,  # DataLoader hands each batch's indices to __getitems__
+            shuffle=train,
+            drop_last=drop_last,
+            collate_fn=whole_batch,
+            num_workers=0,
+            pin_memory=torch.cuda.is_available() and not self.device_resident,
+        )
+
     def _loader(self, split: str, train: bool) -> DataLoader:
+        if self.uses_decoded_cache:
+            return self._decoded_loader(split, train)
         dataset = self.dataset(split)
         transform = self.train_transform if train else self.eval_transform
         sampler = self._train_sampler() if train else self._eval_sampler(dataset)

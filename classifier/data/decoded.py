@@ -1,0 +1,144 @@
+"""The decoded-image cache for small images: each split decoded once into one uint8 array at the input
+size (kept in a memory-mapped file under $XDG_CACHE_HOME/classifier/decoded for files, so later runs
+skip the decoding; rebuilt when any file, the side or the resize filter changes), served in whole
+batches without loader workers and augmented batch-wise (classifier/data/batched.py) where the arrays
+are: this process's CPU, or the GPU with data.device_resident=true. On 2 CPU cores the per-image path
+spends most of its time decoding and augmenting one image at a time in workers that take the cores
+from the model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+from torchvision.transforms import v2
+
+from classifier.atomic import current_umask
+from classifier.data.images import ImageFileDataset
+from classifier.data.transforms import InputSpec, _interpolation
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+def file_samples(dataset: Dataset) -> list[tuple[str, int]] | None:
+    """The (path, label) pairs of a file-backed split (an ImageFileDataset or a Subset of one), in
+    dataset order; None for data that is not read from files."""
+    if isinstance(dataset, Subset):
+        parent = file_samples(dataset.dataset)
+        return None if parent is None else [parent[i] for i in dataset.indices]
+    if isinstance(dataset, ImageFileDataset):
+        return list(dataset.samples)
+    return None
+
+
+def _cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "classifier" / "decoded"
+
+
+def cache_key(samples: list[tuple[str, int]], spec: InputSpec) -> str:
+    """Names the decoded array: every file with its size and modification time, the side, the filter."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([CACHE_VERSION, spec.img_size, spec.interpolation]).encode())
+    for path, label in samples:
+        stat = os.stat(path)
+        digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def geometry(spec: InputSpec) -> v2.Compose:
+    """What both paths do first to a small image: scale the short side to img_size, crop the centre."""
+    interpolation = _interpolation(spec.interpolation)
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(spec.img_size, interpolation=interpolation, antialias=True),
+            v2.CenterCrop(spec.img_size),
+        ]
+    )
+
+
+def _decode_into(target: np.ndarray, dataset: Dataset, spec: InputSpec, workers: int) -> np.ndarray:
+    transform = geometry(spec)
+
+    def decode(index: int) -> int:
+        image, label = dataset[index]
+        target[index] = transform(image).numpy()
+        return int(label)
+
+    # PIL decodes with the GIL released: threads share the cores without copying the array around.
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return np.asarray(list(pool.map(decode, range(len(dataset)), chunksize=256)), dtype=np.int64)
+
+
+def decoded_split(
+    dataset: Dataset, spec: InputSpec, workers: int, what: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 [N, 3, S, S] images, int64 [N] labels) of a split, decoded once; file-backed splits
+    are kept on disk (memory-mapped) and reused while their files are unchanged."""
+    side = spec.img_size
+    samples = file_samples(dataset)
+    if samples is None:  # in memory already: decode into RAM
+        images = np.empty((len(dataset), 3, side, side), dtype=np.uint8)
+        labels = _decode_into(images, dataset, spec, workers)
+        return torch.from_numpy(images), torch.from_numpy(labels)
+    folder = _cache_home()
+    key = cache_key(samples, spec)
+    array_file, labels_file = folder / f"{key}.u8", folder / f"{key}.labels.npy"
+    shape = (len(samples), 3, side, side)
+    if array_file.is_file() and labels_file.is_file() and array_file.stat().st_size == np.prod(shape):
+        log.info("decoded cache: %s images of %s from %s", len(samples), what, array_file)
+    else:
+        log.info("decoded cache: decoding %d images of %s once into %s", len(samples), what, array_file)
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = array_file.with_suffix(f".{os.getpid()}.partial")
+        images = np.memmap(partial, dtype=np.uint8, mode="w+", shape=shape)
+        labels = _decode_into(images, dataset, spec, workers)
+        images.flush()
+        del images
+        np.save(labels_file.with_suffix(".partial.npy"), labels)
+        os.replace(labels_file.with_suffix(".partial.npy"), labels_file)
+        os.chmod(partial, 0o666 & ~current_umask())
+        os.replace(partial, array_file)  # last: its presence means the cache is whole
+    images = np.memmap(
+        array_file, dtype=np.uint8, mode="c", shape=shape
+    )  # "c": writable view, file untouched
+    return torch.from_numpy(np.asarray(images)), torch.from_numpy(np.load(labels_file))
+
+
+class DecodedBatches(Dataset):
+    """Whole batches by index list from the decoded arrays, one gather instead of B item calls
+    (DataLoader calls __getitems__ with a batch sampler's indices), passed through `transform`
+    (uint8 batch -> model-ready float batch) where the arrays are."""
+
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]
+    ):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
+        index = torch.as_tensor(indices, device=self.images.device)
+        # a list, as default_collate makes: callbacks replace its items in place (classifier/mixing.py)
+        return [self.transform(self.images[index]), self.labels[index]]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.__getitems__([index])
+        return images[0], labels[0]
+
+
+def whole_batch(batch: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The collate function of DecodedBatches: __getitems__ returns the batch already made."""
+    return batch
+
