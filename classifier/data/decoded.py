@@ -141,4 +141,3 @@ class DecodedBatches(Dataset):
 def whole_batch(batch: list[torch.Tensor]) -> list[torch.Tensor]:
     """The collate function of DecodedBatches: __getitems__ returns the batch already made."""
     return batch
-
