@@ -27,6 +27,7 @@ from classifier.data.transforms import InputSpec, is_small
 from classifier.errors import UserError, config_errors
 from classifier.models import check_model_name, create_model, pretrained_input
 from classifier.module import ClassifierModule
+from classifier.precision import TrainingBF16, cpu_computes_bf16
 
 # What a checkpoint's saved config may construct, by the `_target_` names the configs in conf/ use.
 # A checkpoint is data: rebuilding a run from one never imports a path the file names (it could
@@ -85,6 +86,8 @@ def build_datamodule(
 # Model and optimizer keys that shape training, not the network or the optimizer object: the module
 # takes them, and a checkpoint's saved model config is rebuilt without them.
 MODULE_MODEL_KEYS = ("freeze_backbone",)
+# resolve_precision's answer for trainer.precision=auto on a CPU with bf16 arithmetic
+CPU_BF16_TRAINING = "bf16-mixed training, 32-true evaluation"
 MODULE_OPTIMIZER_KEYS = ("layer_decay",)
 
 
@@ -144,25 +147,34 @@ def build_trainer(
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     check_accelerator(cfg.trainer.get("accelerator"))
     create_trainer = instantiate(cfg.trainer, _partial_=True)
-    precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
+    precision = precision_arguments(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
     with config_errors("trainer"):
         return create_trainer(
             callbacks=callbacks + list(extra_callbacks or []),
             logger=loggers or False,
-            plugins=[AtomicCheckpointIO()],
-            precision=precision,
+            plugins=[AtomicCheckpointIO(), *precision["plugins"]],
+            precision=precision["precision"],
         )
 
 
 def resolve_precision(precision: str | int | None, accelerator: str | None) -> str | int | None:
     """trainer.precision=auto: bf16-mixed on a CUDA GPU that supports it (Ampere and newer), 16-mixed
-    on older ones, 32-true elsewhere (mixed precision does not speed up CPUs). Other values as given."""
+    on older ones; on the CPU bf16-mixed training steps (TrainingBF16: evaluation stays float32)
+    where the cores compute bf16 natively, else 32-true. Other values as given."""
     if str(precision) != "auto":
         return precision
     wants_gpu = str(accelerator).lower() in ("gpu", "cuda", "auto", "none")
-    if not (wants_gpu and torch.cuda.is_available()):
-        return "32-true"
-    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    if wants_gpu and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return CPU_BF16_TRAINING if cpu_computes_bf16() else "32-true"
+
+
+def precision_arguments(precision: str | int | None, accelerator: str | None) -> dict[str, Any]:
+    """Trainer(precision=..., plugins=[...]) for trainer.precision."""
+    resolved = resolve_precision(precision, accelerator)
+    if resolved == CPU_BF16_TRAINING:
+        return {"precision": None, "plugins": [TrainingBF16()]}
+    return {"precision": resolved, "plugins": []}
 
 
 def check_accelerator(accelerator: str | None) -> None:

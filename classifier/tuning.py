@@ -16,7 +16,7 @@ import lightning as L
 from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig, open_dict
 
-from classifier.builders import resolve_precision
+from classifier.builders import precision_arguments
 from classifier.checkpoints import LAST, load_checkpoint, saved_run
 from classifier.data import ClassificationDataModule
 from classifier.data.numeric import to_flag, to_number
@@ -61,7 +61,7 @@ def _tuning_trainer(cfg: DictConfig, folder: Path) -> L.Trainer:
     return L.Trainer(
         accelerator=accelerator,
         devices=1,
-        precision=resolve_precision(cfg.trainer.get("precision"), accelerator),
+        **precision_arguments(cfg.trainer.get("precision"), accelerator),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

@@ -172,6 +172,7 @@ def test_every_trainer_config_builds_its_trainer(trainer, tmp_path, monkeypatch)
     monkeypatch.setattr("lightning.fabric.accelerators.cuda.num_cuda_devices", lambda: gpus)
     monkeypatch.setattr("lightning.pytorch.accelerators.cuda.num_cuda_devices", lambda: gpus)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)  # an Ampere or newer GPU
+    monkeypatch.setattr("classifier.builders.cpu_computes_bf16", lambda: False)  # test_recipes: with
     # Trainer(benchmark=...) sets this global
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
     built = build_trainer(cfg, with_loggers=False)

@@ -146,3 +146,18 @@ def test_auto_falls_back_to_the_per_image_path_and_true_says_why(folder):
         folder_module(folder, decoded_cache=True, augment={"policy": "trivialaugment"}).uses_decoded_cache
     with pytest.raises(UserError, match="data.decoded_cache='yes' is not one of auto, true, false"):
         ImageFolderDataModule(root=str(folder), decoded_cache="yes")
+
+
+def test_images_not_at_the_input_size_are_resized_as_the_per_image_path_does(tmp_path):
+    from PIL import Image
+
+    root = write_image_folder(tmp_path / "mixed", {"train": 4, "val": 2}, size=40)
+    for i, path in enumerate(sorted((root / "val").rglob("*.*"))):
+        Image.open(path).convert("L" if i % 2 else "RGB").resize((40 + 6 * i, 30)).save(path)
+    per_image = folder_module(root, decoded_cache=False, img_size=24)
+    cached = folder_module(root, decoded_cache=True, img_size=24)
+    for (images, labels), (want, want_labels) in zip(
+        cached.val_dataloader(), per_image.val_dataloader(), strict=True
+    ):
+        assert torch.equal(labels, want_labels) and images.shape[-1] == 24
+        assert torch.allclose(images, want, atol=1e-5)

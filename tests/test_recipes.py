@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from conftest import RECORD, REPO, BatchRecorder, write_cifar_batches
 from timm.loss import SoftTargetCrossEntropy
 
-from classifier.builders import build_module, resolve_precision
+from classifier.builders import build_module, precision_arguments, resolve_precision
 from classifier.ema import warmup_decay
 from classifier.errors import UserError
 from classifier.finetuning import GradualUnfreeze, backbone_blocks
@@ -371,6 +371,7 @@ def test_drop_path_and_dropout_reach_timm_models_and_unsupported_ones_fail_in_on
 
 
 def test_precision_auto_is_bf16_on_new_gpus_16_on_old_ones_and_32_on_cpu(monkeypatch):
+    monkeypatch.setattr("classifier.builders.cpu_computes_bf16", lambda: False)
     assert resolve_precision("auto", "cpu") == "32-true"
     assert resolve_precision("16-mixed", "gpu") == "16-mixed"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -379,6 +380,22 @@ def test_precision_auto_is_bf16_on_new_gpus_16_on_old_ones_and_32_on_cpu(monkeyp
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert resolve_precision("auto", "gpu") == "16-mixed"
     assert resolve_precision("auto", "cpu") == "32-true"
+
+
+def test_a_cpu_with_bf16_arithmetic_trains_in_bf16_and_evaluates_in_float32(monkeypatch):
+    monkeypatch.setattr("classifier.builders.cpu_computes_bf16", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    arguments = precision_arguments("auto", "auto")
+    (plugin,) = arguments["plugins"]
+    assert arguments["precision"] is None and plugin.precision == "bf16-mixed"
+    net = torch.nn.Linear(4, 2)
+    x = torch.randn(3, 4)
+    with plugin.train_step_context():
+        assert net(x).dtype == torch.bfloat16
+    for context in (plugin.val_step_context, plugin.test_step_context, plugin.predict_step_context):
+        with context():
+            assert net(x).dtype == torch.float32
+    assert precision_arguments("32-true", "auto") == {"precision": "32-true", "plugins": []}
 
 
 def test_channels_last_and_compile_switches(compose_train):

@@ -1,0 +1,43 @@
+"""What a run reports about its own speed: images/s each epoch, and the start-up time once."""
+
+from __future__ import annotations
+
+import csv
+import time
+
+import pytest
+from conftest import hydra_job_logging
+
+from classifier.callbacks import seconds_since_process_start
+from classifier.training import train
+
+
+def test_a_run_logs_its_speed_and_how_long_it_took_to_start(compose_train, tmp_path):
+    cfg = compose_train(
+        "logger=csv",
+        "model.width=8",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=4",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+    )
+    age_before = seconds_since_process_start()
+    started = time.perf_counter()
+    with hydra_job_logging(cfg) as log_file:
+        train(cfg)
+    age_after = age_before + time.perf_counter() - started
+    with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    rates = [float(r["train/images_per_sec"]) for r in rows if r.get("train/images_per_sec")]
+    startups = [float(r["train/startup_s"]) for r in rows if r.get("train/startup_s")]
+    assert len(rates) == 2 and all(rate > 0 for rate in rates)  # one per epoch
+    (startup,) = startups  # once, in the first epoch
+    # the process (pytest) was already age_before old; the first step came within this run
+    assert age_before <= startup + 0.02 and startup <= age_after + 0.02
+    assert f"first training step {startup:.1f} s after the process started" in log_file.read_text()
+
+
+def test_the_process_age_counts_from_the_process_start():
+    first = seconds_since_process_start()
+    time.sleep(0.2)
+    assert seconds_since_process_start() - first == pytest.approx(0.2, abs=0.05)
