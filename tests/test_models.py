@@ -20,6 +20,18 @@ def test_scratch_cnn_handles_any_input_size():
     assert head_keys(model) == {"head.weight", "head.bias"}
 
 
+def test_speedrun_cnn_is_airbench94s_layout_with_timms_head_api(tmp_path):
+    net = create_model("speedrun_cnn", num_classes=10)
+    # airbench94: 2x2 stem to 24 channels, groups of 64/256/256, 3x3 maps at 32 px, no head bias
+    assert sum(p.numel() for p in net.parameters()) == 1_972_792
+    assert net.forward_features(torch.randn(2, 3, 32, 32)).shape == (2, 256, 3, 3)
+    assert net.get_classifier().bias is None and net.num_features == 256
+    torch.save(net.state_dict(), tmp_path / "speedrun.pth")
+    moved = create_model("speedrun_cnn", num_classes=4, weights=str(tmp_path / "speedrun.pth"))
+    assert moved(torch.randn(3, 3, 32, 32)).shape == (3, 4)  # the head replaced, the features loaded
+    assert torch.equal(moved.features[0].weight, net.features[0].weight)
+
+
 def test_local_timm_weights_load_and_a_head_of_another_size_is_replaced(tmp_path, caplog):
     source = timm.create_model("resnet18", num_classes=1000)
     torch.save(source.state_dict(), tmp_path / "resnet18.pth")
@@ -81,7 +93,8 @@ def test_unreadable_or_missing_weights_name_the_file(tmp_path):
 def test_unknown_timm_name_suggests_close_ones():
     with pytest.raises(
         UserError,
-        match=r"model.name='resnet_18' is neither scratch_cnn nor a timm model; did you mean .*resnet18",
+        match=r"model.name='resnet_18' is neither one of ours \(scratch_cnn, speedrun_cnn\) nor a timm model;"
+        r" did you mean .*resnet18",
     ):
         create_model("resnet_18", num_classes=3)
 

@@ -454,6 +454,7 @@ def experiment_inputs(tmp_path_factory) -> dict[str, str]:
 def test_every_experiment_is_covered():
     assert set(EXPERIMENTS) == {
         "cifar10_resnet18",
+        "cifar10_speedrun",
         "cifar10_vit",
         "cnn_vs_vit",
         "deit_finetune",
@@ -482,6 +483,10 @@ def test_each_experiment_composes_and_runs_a_fast_dev_run(
         overrides += ["model.pretrained=false", f"model.weights={experiment_inputs[name]}"]
     if cfg.data.get("img_size", None) == 224:
         overrides += ["data.img_size=64"]  # the recipe's 224 px on a CPU: slower, not different
+    if cfg.module.compile:
+        overrides += [
+            "module.compile=false"
+        ]  # minutes of compiling on a CPU: test_channels_last_and_compile_switches
     train(compose_train(*overrides))
     (recorder,) = recorders
     assert [len(recorder.batches[split]) for split in ("train", "val", "test")] == [1, 1, 1]

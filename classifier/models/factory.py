@@ -16,11 +16,12 @@ from torch import nn
 
 from classifier.errors import UserError
 from classifier.models.scratch_cnn import ScratchCNN
+from classifier.models.speedrun_cnn import SpeedrunCNN
 from classifier.models.weights import load_local_weights, zero_init_head
 
 log = logging.getLogger(__name__)
 
-SCRATCH_MODELS = {"scratch_cnn": ScratchCNN}
+SCRATCH_MODELS = {"scratch_cnn": ScratchCNN, "speedrun_cnn": SpeedrunCNN}
 
 
 def check_model_name(name: str) -> None:
@@ -34,7 +35,8 @@ def check_model_name(name: str) -> None:
     candidates = list(SCRATCH_MODELS) + timm.list_models()
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; timm.list_models('*pattern*') lists them"
-    raise UserError(f"model.name={name!r} is neither scratch_cnn nor a timm model{hint}")
+    ours = ", ".join(SCRATCH_MODELS)
+    raise UserError(f"model.name={name!r} is neither one of ours ({ours}) nor a timm model{hint}")
 
 
 def _pretrained_cfg(name: str) -> PretrainedCfg | None:
