@@ -12,7 +12,7 @@ FLOORS_VENV := .venv-floors
 CIFAR10_JPG ?= /tmp/cifar10-jpg
 CIFAR10_TAR ?= ../shared/data/cifar10-jpg.tar.gz
 
-.PHONY: install train test test-fast test-floors constraints lint format bench clean
+.PHONY: install train test test-fast test-floors constraints lint format bench bench-tutorial bench-speedrun clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,8 +71,14 @@ format: $(STAMP)
 $(CIFAR10_JPG):
 	mkdir -p $(dir $(CIFAR10_JPG)) && tar -xzf $(CIFAR10_TAR) -C $(dir $(CIFAR10_JPG))
 
-bench: $(STAMP) $(CIFAR10_JPG)  ## one epoch of scratch_cnn on CIFAR-10 JPEGs: train.py vs a plain PyTorch loop
-	$(BIN)/python benchmarks/train_throughput.py --data $(CIFAR10_JPG) $(ARGS)
+bench: $(STAMP) $(CIFAR10_JPG)  ## speed on this machine: train.py vs a plain loop, loaders, inference, start-up, scaling (bench-results/)
+	$(BIN)/python benchmarks/bench.py --data $(CIFAR10_JPG) $(ARGS)
+
+bench-tutorial: $(STAMP) $(CIFAR10_JPG)  ## train.py vs the tutorial loop a user writes, 1, 2 and 5 epochs, whole commands
+	$(BIN)/python benchmarks/vs_tutorial.py --data $(CIFAR10_JPG) $(ARGS)
+
+bench-speedrun: $(STAMP) $(CIFAR10_JPG)  ## GPU: experiment=cifar10_speedrun vs airbench94 side by side (pip install airbench)
+	$(BIN)/python benchmarks/speedrun_vs_airbench.py --data $(CIFAR10_JPG) $(ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

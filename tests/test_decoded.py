@@ -161,3 +161,23 @@ def test_images_not_at_the_input_size_are_resized_as_the_per_image_path_does(tmp
     ):
         assert torch.equal(labels, want_labels) and images.shape[-1] == 24
         assert torch.allclose(images, want, atol=1e-5)
+
+
+def test_an_epoch_has_the_per_image_paths_labels_and_class_balance(folder):
+    # 30 training images in batches of 5: both paths serve every image once per epoch
+    per_image = folder_module(folder, decoded_cache=False, batch_size=5)
+    cached = folder_module(folder, decoded_cache=True, batch_size=5)
+    for _ in range(2):
+        want = Counter(int(y) for _, labels in per_image.train_dataloader() for y in labels)
+        got = Counter(int(y) for _, labels in cached.train_dataloader() for y in labels)
+        assert got == want == Counter({0: 10, 1: 10, 2: 10})
+
+
+def test_a_file_that_breaks_after_the_scan_is_named_in_one_line(folder):
+    cached = folder_module(folder, decoded_cache=True)
+    path = file_samples(cached.dataset("val"))[1][0]
+    with open(path, "wb") as f:
+        f.write(b"not an image any more")
+    with pytest.raises(UserError, match=r"^cannot read image .*") as error:
+        cached.val_dataloader()
+    assert path in str(error.value) and "\n" not in str(error.value)

@@ -13,22 +13,23 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
 from classifier.atomic import current_umask
 from classifier.data.images import ImageFileDataset
 from classifier.data.transforms import InputSpec, _interpolation
+from classifier.errors import UserError
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+DECODE_BATCH = 256  # images per loader batch while decoding
 
 
 def file_samples(dataset: Dataset) -> list[tuple[str, int]] | None:
@@ -68,24 +69,50 @@ def geometry(spec: InputSpec) -> v2.Compose:
     )
 
 
-def _decode_into(target: np.ndarray, dataset: Dataset, spec: InputSpec, workers: int) -> np.ndarray:
-    transform = geometry(spec)
+class _Decoding(Dataset):
+    """One image of `dataset` as uint8 (3, S, S) at the input size, with its label and, instead of
+    raising in a loader worker (which would turn a one-line error into a traceback), the error."""
 
-    side = spec.img_size
+    def __init__(self, dataset: Dataset, spec: InputSpec):
+        self.dataset, self.side, self.transform = dataset, spec.img_size, geometry(spec)
+        self.empty = torch.zeros(3, spec.img_size, spec.img_size, dtype=torch.uint8)
 
-    def decode(index: int) -> int:
-        image, label = dataset[index]
-        if isinstance(image, Image.Image) and image.size == (side, side) and image.mode == "RGB":
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+        try:
+            image, label = self.dataset[index]
+        except UserError as exc:
+            return self.empty, -1, str(exc)
+        if isinstance(image, Image.Image) and image.size == (self.side, self.side) and image.mode == "RGB":
             # Already the input size (CIFAR): the resize and crop would copy it unchanged, at 1.5x
             # the cost of decoding it.
-            target[index] = np.asarray(image).transpose(2, 0, 1)
-        else:
-            target[index] = transform(image).numpy()
-        return int(label)
+            return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy()), int(label), ""
+        return self.transform(image).as_subclass(torch.Tensor), int(label), ""
 
-    # PIL decodes with the GIL released: threads share the cores without copying the array around.
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return np.asarray(list(pool.map(decode, range(len(dataset)), chunksize=256)), dtype=np.int64)
+
+def _decode_into(target: np.ndarray, dataset: Dataset, spec: InputSpec, workers: int) -> np.ndarray:
+    """Decodes every image of `dataset` into target[i]; returns the labels. Loader worker processes
+    decode in parallel (threads would hold the GIL for most of PIL's per-image Python work)."""
+    loader = DataLoader(
+        _Decoding(dataset, spec), batch_size=DECODE_BATCH, num_workers=workers, collate_fn=_stacked
+    )
+    labels = np.empty(len(dataset), dtype=np.int64)
+    done = 0
+    for images, batch_labels, errors in loader:
+        failed = next((e for e in errors if e), None)
+        if failed:
+            raise UserError(failed)
+        target[done : done + len(images)] = images.numpy()
+        labels[done : done + len(images)] = batch_labels
+        done += len(images)
+    return labels
+
+
+def _stacked(items: list[tuple[torch.Tensor, int, str]]) -> tuple[torch.Tensor, list[int], list[str]]:
+    images, labels, errors = zip(*items, strict=True)
+    return torch.stack(images), list(labels), list(errors)
 
 
 def decoded_split(
@@ -95,9 +122,9 @@ def decoded_split(
     are kept on disk (memory-mapped) and reused while their files are unchanged."""
     side = spec.img_size
     samples = file_samples(dataset)
-    if samples is None:  # in memory already: decode into RAM
+    if samples is None:  # in memory already (digits): decode into RAM, here; workers would cost more
         images = np.empty((len(dataset), 3, side, side), dtype=np.uint8)
-        labels = _decode_into(images, dataset, spec, workers)
+        labels = _decode_into(images, dataset, spec, 0)
         return torch.from_numpy(images), torch.from_numpy(labels)
     folder = _cache_home()
     key = cache_key(samples, spec)
