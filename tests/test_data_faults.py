@@ -345,3 +345,19 @@ def test_csv_keys_and_numeric_mistakes_from_the_command_line(compose_train, tmp_
     with pytest.raises(Exception) as info:
         build_datamodule(cfg.data)
     assert describe_user_error(info.value) == "data.batch_size='abc' is not an integer"
+
+
+def test_many_files_are_checked_in_processes_with_the_same_findings(tmp_path, monkeypatch):
+    from conftest import write_image_folder
+
+    import classifier.data.verify as verify
+
+    root = write_image_folder(tmp_path / "many", {"train": 6})
+    broken = root / "train" / "cat" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff truncated")
+    paths = sorted(root.rglob("*.*"))
+    threads = verify.check_images(paths)
+    monkeypatch.setattr(verify, "PROCESS_POOL_FILES", 1)
+    processes = verify.check_images(paths, workers=2)
+    assert [p for p, _ in processes.unreadable] == [p for p, _ in threads.unreadable] == [broken]
+    assert processes.unreadable[0][1] == threads.unreadable[0][1]

@@ -181,3 +181,11 @@ def test_a_file_that_breaks_after_the_scan_is_named_in_one_line(folder):
     with pytest.raises(UserError, match=r"^cannot read image .*") as error:
         cached.val_dataloader()
     assert path in str(error.value) and "\n" not in str(error.value)
+
+
+def test_decoding_leaves_the_runs_random_stream_alone(folder):
+    cached = folder_module(folder, decoded_cache=True)
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    cached.val_dataloader()  # decodes val (a cold cache: this test's own cache dir)
+    assert torch.equal(torch.get_rng_state(), before)

@@ -96,7 +96,13 @@ def _decode_into(target: np.ndarray, dataset: Dataset, spec: InputSpec, workers:
     """Decodes every image of `dataset` into target[i]; returns the labels. Loader worker processes
     decode in parallel (threads would hold the GIL for most of PIL's per-image Python work)."""
     loader = DataLoader(
-        _Decoding(dataset, spec), batch_size=DECODE_BATCH, num_workers=workers, collate_fn=_stacked
+        _Decoding(dataset, spec),
+        batch_size=DECODE_BATCH,
+        num_workers=workers,
+        collate_fn=_stacked,
+        # its workers' seed from a generator of its own: decoding, whether it happens in this run
+        # or was done by an earlier one, leaves the run's random stream (shuffles, crops) alone
+        generator=torch.Generator(),
     )
     labels = np.empty(len(dataset), dtype=np.int64)
     done = 0

