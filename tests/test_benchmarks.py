@@ -1,0 +1,72 @@
+"""The benchmark scripts run on small generated data: what `make bench`, `make bench-tutorial` and
+`make bench-speedrun` compute, without their minutes of CIFAR-10 (those figures are in the README)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, write_image_folder
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import bench  # noqa: E402
+import speedrun_vs_airbench  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_cifar(tmp_path_factory):
+    classes = ("airplane", "automobile", "bird")
+    return write_image_folder(
+        tmp_path_factory.mktemp("jpgs"), {"train": 12, "test": 4}, classes=classes, size=32
+    )
+
+
+def test_the_pipeline_section_times_each_loader(small_cifar, monkeypatch, tmp_path):
+    rows = bench.pipeline(small_cifar, batch_size=4, batches=2)
+    assert [r["loader"] for r in rows] == [
+        "per-image, 0 workers",
+        "per-image, 1 workers",
+        "per-image, 2 workers",
+        "decoded cache",
+        "decoded cache: decoding once",
+    ]
+    assert all(r["images_per_s"] > 0 for r in rows)
+
+
+def test_the_scaling_section_measures_steps_and_plots_them(tmp_path):
+    seconds = bench.training_step_seconds("resnet18", 32, 2)
+    assert 0 < seconds < 30
+    rows = [
+        {"model": m, "batch": b, "img_size": s, "epoch_s": s * b}
+        for m in bench.SCALING_MODELS
+        for b in bench.SCALING_BATCHES
+        for s in bench.SCALING_SIDES
+    ]
+    bench.plot_scaling(rows, tmp_path / "scaling.png")
+    assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_airbench_gets_the_same_images_in_its_own_format(small_cifar, tmp_path):
+    speedrun_vs_airbench.write_airbench_tensors(small_cifar, tmp_path / "cifar10")
+    train = torch.load(tmp_path / "cifar10" / "train.pt")
+    assert train["images"].shape == (36, 32, 32, 3) and train["images"].dtype == torch.uint8
+    assert train["labels"].tolist() == [0] * 12 + [1] * 12 + [2] * 12
+    assert train["classes"] == ["airplane", "automobile", "bird"]
+    assert torch.load(tmp_path / "cifar10" / "test.pt")["images"].shape == (12, 32, 32, 3)
+
+
+def test_the_tutorial_loop_trains_and_scores_the_test_folder(small_cifar):
+    done = subprocess.run(
+        [sys.executable, "benchmarks/tutorial_loop.py", "--data", str(small_cifar), "--workers", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["epochs"] == 1 and result["test_top1"] in {k / 12 for k in range(13)}
+    assert result["seconds"] > 0
