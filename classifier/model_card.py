@@ -55,6 +55,19 @@ def cpu_inference_speed(
     return result
 
 
+def peak_resident_mib() -> float | None:
+    """This process's peak resident memory in MiB (Linux: VmHWM, which starts again at exec, unlike
+    getrusage's maxrss, which keeps a forking parent's size); None elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def count_parameters(net: nn.Module) -> dict[str, int]:
     return {
         "parameters": sum(p.numel() for p in net.parameters()),

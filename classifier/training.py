@@ -38,7 +38,7 @@ from classifier.data.numeric import to_flag
 from classifier.devices import sweep_job_device
 from classifier.errors import CTRL_C_EXIT, SIGTERM_EXIT, RunInterrupted
 from classifier.evaluation import evaluate_and_report
-from classifier.model_card import cpu_inference_speed, model_card, write_model_card
+from classifier.model_card import cpu_inference_speed, model_card, peak_resident_mib, write_model_card
 from classifier.module import ClassifierModule
 from classifier.preemption import SIGUSR1_EXIT, Preemption, sigusr1_stops_training
 from classifier.reports import EvaluationReport
@@ -96,6 +96,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
             "accelerator": type(trainer.accelerator).__name__,
             "devices": trainer.num_devices,
             "precision": str(trainer.precision),
+            "peak_resident_mib": peak_resident_mib(),  # of this process (rank), training included
         }
         metrics, best, report = _evaluate_best(
             trainer, module, datamodule, output_dir, *_evaluation_flags(cfg)

@@ -48,6 +48,8 @@ def test_a_run_and_an_evaluation_write_their_model_cards(small_digits_run, tmp_p
     assert card["metrics"]["test"]["ece"] == pytest.approx(metrics["test/ece"], abs=1e-6)
     assert card["training"]["epochs"] == 1 and card["training"]["global_steps"] == 10
     assert card["training"]["seconds"] > 0 and card["training"]["accelerator"] == "CPUAccelerator"
+    # the session's pytest process trained it: its peak is at least what torch alone takes
+    assert 100 < card["training"]["peak_resident_mib"] < 64 * 1024
     assert card["hardware"]["cpu_cores"] >= 1 and card["software"]["torch"] == torch.__version__
     assert "inference_cpu" not in card  # the tests turn the measurement off (conftest.QUIET)
 

@@ -41,3 +41,20 @@ def test_the_process_age_counts_from_the_process_start():
     first = seconds_since_process_start()
     time.sleep(0.2)
     assert seconds_since_process_start() - first == pytest.approx(0.2, abs=0.05)
+
+
+def resident_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def test_peak_memory_is_this_processs_and_covers_what_it_holds():
+    from classifier.model_card import peak_resident_mib
+
+    before = resident_mib()
+    held = bytearray(300 * 1024 * 1024)  # 300 MiB of zeros, touched so that they are resident
+    held[::4096] = b"\x01" * len(held[::4096])
+    now = resident_mib()
+    assert now > before + 250  # the allocation is resident ...
+    assert peak_resident_mib() >= now - 0.1  # ... and the peak covers it (rounded to 0.1 MiB)
+    del held
