@@ -20,29 +20,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tutorial_loop import TutorialCNN  # noqa: E402  (the network of the loop a user writes)
 
 from classifier.data import CIFAR10DataModule  # noqa: E402
 from classifier.data.base import Transformed  # noqa: E402
 from classifier.models import ScratchCNN  # noqa: E402
 from classifier.optim import warmup_cosine  # noqa: E402
-
-
-class TutorialCNN(nn.Module):
-    """tensorflow.org/tutorials/images/cnn: conv32-pool-conv64-pool-conv64, dense 64, dense 10."""
-
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3), nn.ReLU(),
-        )  # fmt: skip
-        self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(64 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, num_classes)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 def train_and_test(

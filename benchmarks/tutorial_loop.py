@@ -25,6 +25,8 @@ MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
 class TutorialCNN(nn.Module):
+    """tensorflow.org/tutorials/images/cnn: conv32-pool-conv64-pool-conv64, dense 64, dense 10."""
+
     def __init__(self, num_classes: int = 10):
         super().__init__()
         self.features = nn.Sequential(
