@@ -141,9 +141,11 @@ def test_auto_falls_back_to_the_per_image_path_and_true_says_why(folder):
     assert not folder_module(folder, img_size=96).uses_decoded_cache
     assert folder_module(folder).uses_decoded_cache  # auto: small images, basic augmentation
     with pytest.raises(
-        UserError, match=r"data.decoded_cache=true cannot be used here: augment.policy=trivialaugment"
+        UserError, match=r"cannot be used here: augment.policy=trivialaugment: per-image augmentation$"
     ):
         folder_module(folder, decoded_cache=True, augment={"policy": "trivialaugment"}).uses_decoded_cache
+    with pytest.raises(UserError, match=r"augment.color_jitter=0.4: per-image augmentation$"):
+        folder_module(folder, decoded_cache=True, augment={"color_jitter": 0.4}).uses_decoded_cache
     with pytest.raises(UserError, match="data.decoded_cache='yes' is not one of auto, true, false"):
         ImageFolderDataModule(root=str(folder), decoded_cache="yes")
 

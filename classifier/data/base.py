@@ -409,9 +409,13 @@ class ClassificationDataModule(L.LightningDataModule):
         spec = self.input_spec
         if not is_small(spec.img_size):
             return f"{spec.img_size} px images: the cache is for images up to 64 px"
-        if self.augment.policy or self.augment.color_jitter:
-            jitter = self.augment.color_jitter
-            return f"augment.policy={self.augment.policy} and color_jitter={jitter} run per image"
+        per_image = [
+            f"augment.{key}={value}"
+            for key in ("policy", "color_jitter")
+            if (value := getattr(self.augment, key))
+        ]
+        if per_image:
+            return f"{' and '.join(per_image)}: per-image augmentation"
         if self.augment.crop and self.train_crop not in ("auto", "pad"):
             return f"data.train_crop={self.train_crop}: the cache does pad-and-crop only"
         if self.sampler is not None:
