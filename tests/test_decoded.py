@@ -175,8 +175,9 @@ def test_an_epoch_has_the_per_image_paths_labels_and_class_balance(folder):
         assert got == want == Counter({0: 10, 1: 10, 2: 10})
 
 
-def test_a_file_that_breaks_after_the_scan_is_named_in_one_line(folder):
-    cached = folder_module(folder, decoded_cache=True)
+@pytest.mark.parametrize("workers", [0, 2])  # decoded here, or in loader worker processes
+def test_a_file_that_breaks_after_the_scan_is_named_in_one_line(folder, workers):
+    cached = folder_module(folder, decoded_cache=True, num_workers=workers)
     path = file_samples(cached.dataset("val"))[1][0]
     with open(path, "wb") as f:
         f.write(b"not an image any more")

@@ -444,7 +444,7 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def _decoded_arrays(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if split not in self._decoded:
-            images, labels = decoded_split(self.dataset(split), self.input_spec, default_num_workers(), split)
+            images, labels = decoded_split(self.dataset(split), self.input_spec, self.num_workers, split)
             trainer = getattr(self, "trainer", None)
             if self.device_resident and trainer is not None:
                 device = trainer.strategy.root_device
