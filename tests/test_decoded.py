@@ -139,6 +139,9 @@ def test_the_cache_is_reused_and_rebuilt_when_a_file_changes(folder, caplog):
 def test_auto_falls_back_to_the_per_image_path_and_true_says_why(folder):
     assert not folder_module(folder, augment={"policy": "randaugment"}).uses_decoded_cache
     assert not folder_module(folder, img_size=96).uses_decoded_cache
+    # an eval crop (scale to side / crop_pct, crop the side) is not what the arrays hold
+    assert not folder_module(folder, crop_pct=0.875).uses_decoded_cache
+    assert not folder_module(folder, crop_mode="squash").uses_decoded_cache
     assert folder_module(folder).uses_decoded_cache  # auto: small images, basic augmentation
     with pytest.raises(
         UserError, match=r"cannot be used here: augment.policy=trivialaugment: per-image augmentation$"

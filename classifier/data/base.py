@@ -409,6 +409,12 @@ class ClassificationDataModule(L.LightningDataModule):
         spec = self.input_spec
         if not is_small(spec.img_size):
             return f"{spec.img_size} px images: the cache is for images up to 64 px"
+        if spec.crop_pct != 1 or spec.crop_mode != "center":
+            # the arrays hold each image at the input size, centre-cropped: what training crops
+            # from and evaluation sees only without an eval crop
+            return (
+                f"data.crop_pct={spec.crop_pct} and crop_mode={spec.crop_mode}: an eval crop runs per image"
+            )
         per_image = [
             f"augment.{key}={value}"
             for key in ("policy", "color_jitter")
