@@ -1,4 +1,5 @@
-"""Paths as users write them: `~` and environment variables work in every path key."""
+"""Paths as users write them (`~` and environment variables work in every path key), and where the
+project keeps what it caches between runs."""
 
 from __future__ import annotations
 
@@ -9,3 +10,8 @@ from pathlib import Path
 def expand_path(value: str | os.PathLike) -> Path:
     """`value` with `~`, `~user` and `$VAR` / `${VAR}` expanded (unset variables stay as written)."""
     return Path(os.path.expandvars(os.path.expanduser(os.fspath(value))))
+
+
+def cache_home() -> Path:
+    """$XDG_CACHE_HOME/classifier (~/.cache/classifier): what later runs on the same data reuse."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "classifier"

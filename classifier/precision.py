@@ -6,7 +6,6 @@ must agree with a float32 evaluation of the same weights, and evaluation is a sm
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator
 
 from lightning.pytorch.plugins.precision import MixedPrecision
 
@@ -30,15 +29,11 @@ class TrainingBF16(MixedPrecision):
     def __init__(self) -> None:
         super().__init__("bf16-mixed", device="cpu")
 
-    @contextlib.contextmanager
-    def _float32(self) -> Generator[None, None, None]:
-        yield
+    def val_step_context(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
-    def val_step_context(self):
-        return self._float32()
+    def test_step_context(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
-    def test_step_context(self):
-        return self._float32()
-
-    def predict_step_context(self):
-        return self._float32()
+    def predict_step_context(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()

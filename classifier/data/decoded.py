@@ -13,7 +13,6 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +24,7 @@ from classifier.atomic import current_umask
 from classifier.data.images import ImageFileDataset
 from classifier.data.transforms import InputSpec, _interpolation
 from classifier.errors import UserError
+from classifier.paths import cache_home
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,6 @@ def file_samples(dataset: Dataset) -> list[tuple[str, int]] | None:
     if isinstance(dataset, ImageFileDataset):
         return list(dataset.samples)
     return None
-
-
-def _cache_home() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "classifier" / "decoded"
 
 
 def cache_key(samples: list[tuple[str, int]], spec: InputSpec) -> str:
@@ -132,7 +128,7 @@ def decoded_split(
         images = np.empty((len(dataset), 3, side, side), dtype=np.uint8)
         labels = _decode_into(images, dataset, spec, 0)
         return torch.from_numpy(images), torch.from_numpy(labels)
-    folder = _cache_home()
+    folder = cache_home() / "decoded"
     key = cache_key(samples, spec)
     array_file, labels_file = folder / f"{key}.u8", folder / f"{key}.labels.npy"
     shape = (len(samples), 3, side, side)

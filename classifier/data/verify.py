@@ -26,6 +26,7 @@ from classifier.data.images import (
     quiet_decompression_bomb_warnings,
 )
 from classifier.errors import UserError
+from classifier.paths import cache_home
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,8 @@ class ImageCheck:
 
 
 def _cache_file(key: str) -> Path:
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     digest = hashlib.sha1(key.encode()).hexdigest()[:20]
-    return cache_home / "classifier" / "readable-images" / f"{digest}.json"
+    return cache_home() / "readable-images" / f"{digest}.json"
 
 
 def _load_cache(path: Path) -> dict[str, list[int]]:
