@@ -24,12 +24,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -75,22 +77,15 @@ def pipeline(data: Path, batch_size: int, batches: int = 60) -> list[dict]:
         rate = timed(module(num_workers=workers, decoded_cache=False))
         rows.append({"loader": f"per-image, {workers} workers", "images_per_s": rate})
         print(f"  per-image loader, {workers} workers: {rate:8.0f} images/s", flush=True)
-    with tempfile.TemporaryDirectory() as cache:  # a cold cache: the decoding itself, timed
-        import os
-
-        previous = os.environ.get("XDG_CACHE_HOME")
-        os.environ["XDG_CACHE_HOME"] = cache
-        try:
-            cold = module(decoded_cache=True)
-            started = time.perf_counter()
-            cold._decoded_arrays("train")
-            decode = len(cold.dataset("train")) / (time.perf_counter() - started)
-            rate = timed(cold)
-        finally:
-            if previous is None:
-                del os.environ["XDG_CACHE_HOME"]
-            else:
-                os.environ["XDG_CACHE_HOME"] = previous
+    with (
+        tempfile.TemporaryDirectory() as cache,  # a cold cache: the decoding itself, timed
+        mock.patch.dict(os.environ, XDG_CACHE_HOME=cache),
+    ):
+        cold = module(decoded_cache=True)
+        started = time.perf_counter()
+        cold._decoded_arrays("train")
+        decode = len(cold.dataset("train")) / (time.perf_counter() - started)
+        rate = timed(cold)
     rows.append({"loader": "decoded cache", "images_per_s": rate})
     rows.append({"loader": "decoded cache: decoding once", "images_per_s": decode})
     print(f"  decoded cache:                 {rate:8.0f} images/s (decoded once at {decode:.0f} images/s)")

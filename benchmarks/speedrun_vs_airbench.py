@@ -20,11 +20,13 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from train_throughput import run_train_py  # noqa: E402
 
 AIRBENCH_RUN = r"""
 import json, sys, time, torch, airbench
@@ -76,29 +78,13 @@ def run_airbench(workdir: Path) -> dict:
 
 
 def run_speedrun(data: Path, seed: int, extra: list[str]) -> dict:
-    with tempfile.TemporaryDirectory() as run_dir:
-        command = [
-            sys.executable,
-            "train.py",
-            "experiment=cifar10_speedrun",
-            f"data.root={data}",
-            f"seed={seed}",
-            "logger=none",
-            f"hydra.run.dir={run_dir}",
-            *extra,
-        ]
-        started = time.perf_counter()
-        subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        command_s = time.perf_counter() - started
-        metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
-        import yaml
-
-        card = yaml.safe_load((Path(run_dir) / "model_card.yaml").read_text())
+    overrides = ["experiment=cifar10_speedrun", f"data.root={data}", f"seed={seed}", "logger=none", *extra]
+    result = run_train_py(overrides, csv_log=False)
     return {
-        "seconds": card["training"]["seconds"],
-        "command_s": command_s,
-        "test_top1": metrics.get("test/top1_tta", metrics.get("test/top1")),
-        "test_top1_plain": metrics.get("test/top1"),
+        "seconds": result["training_s"],
+        "command_s": result["seconds"],
+        "test_top1": result["test_top1"] if result["test_top1_tta"] is None else result["test_top1_tta"],
+        "test_top1_plain": result["test_top1"],
     }
 
 

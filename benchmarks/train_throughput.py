@@ -89,12 +89,14 @@ def plain_loop(data: Path, batch_size: int, workers: int, seed: int, epochs: int
     return {"images_per_s": images / (finished - started), "test_top1": correct / len(test)}
 
 
-def run_train_py(overrides: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Runs train.py with `overrides` in a fresh run dir; its logged speed, start-up time and test
-    top-1, the whole command's seconds and its peak resident memory (MiB, the training process, from
-    model_card.yaml: this process's own maxrss would count the parent it was forked from)."""
+def run_train_py(overrides: list[str], env: dict[str, str] | None = None, csv_log: bool = True) -> dict:
+    """Runs train.py with `overrides` in a fresh run dir; the whole command's seconds, test top-1
+    (plain and with TTA when the run had it), training seconds and peak resident memory (MiB, the
+    training process, from model_card.yaml: this process's own maxrss would count the parent it was
+    forked from), and with `csv_log` (logger=csv) the logged speed and start-up time."""
     with tempfile.TemporaryDirectory() as run_dir:
-        command = [sys.executable, "train.py", *overrides, "logger=csv", f"hydra.run.dir={run_dir}"]
+        logger = ["logger=csv"] if csv_log else []
+        command = [sys.executable, "train.py", *overrides, *logger, f"hydra.run.dir={run_dir}"]
         started = time.perf_counter()
         done = subprocess.run(
             command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True
@@ -102,8 +104,10 @@ def run_train_py(overrides: list[str], env: dict[str, str] | None = None) -> dic
         seconds = time.perf_counter() - started
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-        with open(Path(run_dir) / "csv" / "metrics.csv") as f:
-            rows = list(csv.DictReader(f))
+        rows = []
+        if csv_log:
+            with open(Path(run_dir) / "csv" / "metrics.csv") as f:
+                rows = list(csv.DictReader(f))
         metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
         card = yaml.safe_load((Path(run_dir) / "model_card.yaml").read_text())
 
@@ -115,7 +119,9 @@ def run_train_py(overrides: list[str], env: dict[str, str] | None = None) -> dic
         "images_per_s": last("train/images_per_sec"),
         "startup_s": last("train/startup_s"),
         "test_top1": metrics.get("test/top1"),
+        "test_top1_tta": metrics.get("test/top1_tta"),
         "seconds": seconds,
+        "training_s": card["training"]["seconds"],
         "peak_rss_mib": card["training"].get("peak_resident_mib"),
     }
 
