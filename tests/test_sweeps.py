@@ -29,11 +29,27 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
+def multirun(cwd, *overrides: str) -> subprocess.CompletedProcess:
+    """`python train.py -m OVERRIDES` run from `cwd` in a process of its own, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "-m", *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def the_sweep(cwd):
+    """The one sweep folder a multirun from `cwd` wrote."""
+    (sweep,) = (cwd / "outputs" / "multirun").glob("*/*")
+    return sweep
+
+
 @pytest.mark.slow  # a sweep of 4 jobs in another process
 def test_a_2x2_multirun_summarises_every_job_and_a_failed_one_does_not_stop_the_sweep(tmp_path):
-    command = [
-        str(REPO / "train.py"),
-        "-m",
+    result = multirun(
+        tmp_path,
         "seed=1,2",
         "optimizer.lr=3e-3,-1",  # -1: torch refuses it, in the two jobs that have it
         "trainer.max_epochs=1",
@@ -43,14 +59,11 @@ def test_a_2x2_multirun_summarises_every_job_and_a_failed_one_does_not_stop_the_
         "model.width=8",
         "logger=none",
         "trainer.enable_model_summary=false",
-    ]
-    result = subprocess.run(
-        [sys.executable, *command], cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "Traceback" not in output
     assert "job 1 failed: optimizer: Invalid learning rate: -1" in output  # Hydra's last line
-    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    sweep = the_sweep(tmp_path)
     rows = read_rows(sweep / SUMMARY_CSV)
     assert [(r["seed"], r["optimizer.lr"], r["status"]) for r in rows[2:]] == [
         ("1", "-1", "failed"),
@@ -172,8 +185,6 @@ def test_the_optuna_search_space_reads_hydras_sweep_syntax():
 def test_a_3_trial_optuna_study_reports_its_best_trial_and_resumes_from_its_storage(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     common = [
-        str(REPO / "train.py"),
-        "-m",
         "hparams_search=optuna",
         f"hydra.sweeper.storage={storage}",
         "trainer.max_epochs=1",
@@ -186,13 +197,7 @@ def test_a_3_trial_optuna_study_reports_its_best_trial_and_resumes_from_its_stor
     ]
 
     def sweep(trials: int, folder: str):
-        result = subprocess.run(
-            [sys.executable, *common, f"hydra.sweeper.n_trials={trials}", f"hydra.sweep.dir={folder}"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        result = multirun(tmp_path, *common, f"hydra.sweeper.n_trials={trials}", f"hydra.sweep.dir={folder}")
         assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
         return result.stdout + result.stderr
 
@@ -288,9 +293,8 @@ def test_one_gpu_per_job_applies_to_single_device_jobs_on_several_gpus(compose_t
 @pytest.mark.slow  # sweeps whose jobs run in processes of their own
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_a_launcher_runs_jobs_in_their_own_processes_and_folders(tmp_path, launcher):
-    command = [
-        str(REPO / "train.py"),
-        "-m",
+    result = multirun(
+        tmp_path,
         f"hydra/launcher={launcher}",
         *(["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []),
         "seed=1,2",
@@ -301,12 +305,9 @@ def test_a_launcher_runs_jobs_in_their_own_processes_and_folders(tmp_path, launc
         "model.width=8",
         "logger=none",
         "measure_cpu_speed=false",
-    ]
-    result = subprocess.run(
-        [sys.executable, *command], cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    sweep = the_sweep(tmp_path)
     rows = read_rows(sweep / SUMMARY_CSV)
     assert sorted(r["seed"] for r in rows) == ["1", "2"] and {r["status"] for r in rows} == {"completed"}
     pids = set()
@@ -322,9 +323,8 @@ def test_the_cnn_vs_vit_study_trains_both_under_one_recipe_and_prints_their_tabl
     from conftest import write_cifar_batches
 
     write_cifar_batches(tmp_path / "cifar", "cifar10")
-    command = [
-        str(REPO / "train.py"),
-        "-m",
+    result = multirun(
+        tmp_path,
         "experiment=cnn_vs_vit",
         f"data.root={tmp_path / 'cifar'}",
         "data.batch_size=16",
@@ -335,12 +335,9 @@ def test_the_cnn_vs_vit_study_trains_both_under_one_recipe_and_prints_their_tabl
         "trainer.limit_test_batches=1",
         "logger=none",
         "measure_cpu_speed=false",
-    ]
-    result = subprocess.run(
-        [sys.executable, *command], cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    sweep = the_sweep(tmp_path)
     rows = {row["model"]: row for row in read_rows(sweep / SUMMARY_CSV)}
     assert set(rows) == {"resnet18_cifar", "vit_cifar"}
     assert int(rows["resnet18_cifar"]["parameters"]) == 11_173_962  # with the CIFAR stem
