@@ -52,15 +52,16 @@ def uses_pretrained_weights(model_cfg: DictConfig) -> bool:
 def pretrained_input_overrides(data_cfg: DictConfig, model_cfg: DictConfig) -> dict[str, Any]:
     """Data keys that pretrained weights decide, as timm resolves them for the weights: the
     normalisation and resize filter they were trained with; their input size unless data.img_size
-    is set; their eval crop (crop_pct, crop_mode) unless data.crop_pct is set or the input is small
-    (small images train uncropped)."""
+    (or the model config's input_size: DINOv2's configs use 224, not the weights' 518) is set;
+    their eval crop (crop_pct, crop_mode) unless data.crop_pct is set or the input is small (small
+    images train uncropped)."""
     if not uses_pretrained_weights(model_cfg):
         return {}
     check_model_name(model_cfg.name)
     spec = pretrained_input(model_cfg.name)
     if spec is None:
         return {}
-    side = data_cfg.get("img_size") or spec["img_size"]
+    side = data_cfg.get("img_size") or model_cfg.get("input_size") or spec["img_size"]
     overrides = {**spec, "img_size": side}
     if data_cfg.get("crop_pct") is not None or is_small(int(side)):
         overrides.pop("crop_pct")
@@ -84,8 +85,9 @@ def build_datamodule(
 
 
 # Model and optimizer keys that shape training, not the network or the optimizer object: the module
-# takes them, and a checkpoint's saved model config is rebuilt without them.
-MODULE_MODEL_KEYS = ("freeze_backbone",)
+# takes them, and a checkpoint's saved model config is rebuilt without them. input_size sets the data's
+# side for pretrained weights; open_clip names the CLIP model zeroshot.py builds.
+MODULE_MODEL_KEYS = ("freeze_backbone", "input_size", "open_clip")
 # resolve_precision's answer for trainer.precision=auto on a CPU with bf16 arithmetic
 CPU_BF16_TRAINING = "bf16-mixed training, 32-true evaluation"
 MODULE_OPTIMIZER_KEYS = ("layer_decay",)

@@ -31,6 +31,9 @@ TASKS = {
     "eval": "classifier.training:evaluate",
     "predict": "classifier.prediction:predict",
     "export": "classifier.export:export",
+    "probe": "classifier.probing:probe",
+    "zeroshot": "classifier.zeroshot:zeroshot",
+    "fewshot": "classifier.fewshot:fewshot",
 }
 
 _QUIET_WARNINGS = (

@@ -1,6 +1,7 @@
-"""One GPU per job when a multirun's jobs run side by side (the joblib or submitit_local launcher on a
-machine with several GPUs): each job claims a free GPU with a lock file in the sweep folder and trains
-on it alone, so jobs never share a device unless the config asks for more than one per job."""
+"""The device an inference command runs on; and one GPU per job when a multirun's jobs run side by
+side (the joblib or submitit_local launcher on a machine with several GPUs): each job claims a free GPU
+with a lock file in the sweep folder and trains on it alone, so jobs never share a device unless the
+config asks for more than one per job."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, open_dict
 
+from classifier.errors import UserError
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock; jobs keep the devices the config gives them
@@ -22,6 +25,18 @@ log = logging.getLogger(__name__)
 
 LOCK_FOLDER = ".gpu_locks"
 WAIT_SECONDS = 5.0
+
+
+def inference_device(name: str) -> torch.device:
+    """The device of a `device=` key (predict.py, probe.py, zeroshot.py): auto is a GPU when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} but torch finds no GPU on this machine: use device=cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"device={name!r} is not a torch device (cpu, cuda, cuda:1, auto)") from exc
 
 
 def wants_one_gpu(cfg: DictConfig) -> bool:

@@ -25,6 +25,7 @@ from classifier.data.base import default_num_workers
 from classifier.data.images import is_ignored, is_image_file, iter_image_files, load_rgb
 from classifier.data.numeric import to_flag, to_number
 from classifier.data.transforms import InputSpec, create_eval_transform
+from classifier.devices import inference_device
 from classifier.errors import UserError
 from classifier.models import check_model_name, create_model, pretrained_input
 from classifier.models.weights import load_local_weights
@@ -156,17 +157,6 @@ def imagenet_predictor(model_cfg: DictConfig) -> Predictor:
     return Predictor(module, class_names, InputSpec(**spec), True, source)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name} but torch finds no GPU on this machine: use device=cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise UserError(f"device={name!r} is not a torch device (cpu, cuda, cuda:1, auto)") from exc
-
-
 # -- the task -------------------------------------------------------------------------------------------
 def _output_path(cfg: DictConfig) -> Path:
     output = cfg.get("output")
@@ -189,7 +179,7 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     output = _output_path(cfg)
     paths = find_images(str(cfg.input))
     predictor = predictor_from_config(cfg)
-    device = _device(str(cfg.get("device", "auto")))
+    device = inference_device(str(cfg.get("device", "auto")))
     top_k = min(top_k, len(predictor.class_names))
     module = predictor.module.to(device).eval()
     if tta:

@@ -99,6 +99,38 @@ def split_fold(pool: Dataset, folds: int, fold: int, seed: int) -> tuple[Subset,
     return Subset(pool, sorted(train_idx.tolist())), Subset(pool, sorted(val_idx.tolist()))
 
 
+def few_shot_subset(train: Dataset, shots: int, seed: int, class_names: Sequence[str]) -> Subset:
+    """`shots` training images of every class, drawn by a permutation seeded by `seed`: the same
+    images for the same seed, and the K-shot subset holds the (K-1)-shot one (each class takes the
+    first K of its images in that order), so results for growing K differ by the added images only."""
+    labels = np.asarray(targets_of(train))
+    order = np.random.default_rng(seed).permutation(len(labels))
+    counts = np.bincount(labels, minlength=len(class_names))
+    short = [f"{class_names[c]} ({counts[c]})" for c in range(len(class_names)) if counts[c] < shots]
+    if short:
+        raise UserError(
+            f"data.shots_per_class={shots}: the training split has fewer images of"
+            f" {', '.join(short[:5])}{' ...' if len(short) > 5 else ''}"
+        )
+    taken = np.zeros(len(class_names), dtype=np.int64)
+    chosen = []
+    for index in order:
+        label = labels[index]
+        if taken[label] < shots:
+            taken[label] += 1
+            chosen.append(int(index))
+    return Subset(train, sorted(chosen))
+
+
+def _check_shots(shots: object) -> int | None:
+    if shots is None:
+        return None
+    shots = to_number(shots, "data.shots_per_class", int)
+    if shots < 1:
+        raise UserError(f"data.shots_per_class={shots} must be 1 or more (null: every training image)")
+    return shots
+
+
 def _check_folds(folds: object, fold: object) -> tuple[int | None, int | None]:
     if folds is None:
         if fold is not None:
@@ -173,6 +205,8 @@ class ClassificationDataModule(L.LightningDataModule):
             uint8 array (on disk for files), served in whole batches augmented batch-wise in this
             process (classifier/data/decoded.py). Same augmentation distributions.
         device_resident: keep the decoded arrays on the training device (a GPU): no transfers.
+        shots_per_class: few-shot training: K training images per class (after val is split off;
+            val and test stay whole), drawn with split_seed (few_shot_subset); None: all of them.
     """
 
     NATIVE_IMG_SIZE: int = PHOTO_SIDE  # the input side when data.img_size is null, unless read from files
@@ -202,6 +236,7 @@ class ClassificationDataModule(L.LightningDataModule):
         fold: int | None = None,
         decoded_cache: str | bool = "auto",
         device_resident: bool = False,
+        shots_per_class: int | None = None,
     ):
         super().__init__()
         self.batch_size = to_number(batch_size, "data.batch_size", int)
@@ -233,6 +268,7 @@ class ClassificationDataModule(L.LightningDataModule):
             )
         self.sampler = sampler
         self.folds, self.fold = _check_folds(folds, fold)
+        self.shots_per_class = _check_shots(shots_per_class)
         if decoded_cache not in DECODED_CACHE_MODES:
             raise UserError(f"data.decoded_cache={decoded_cache!r} is not one of auto, true, false")
         if not isinstance(device_resident, bool):
@@ -330,6 +366,9 @@ class ClassificationDataModule(L.LightningDataModule):
             if self.val_split <= 0:
                 raise UserError("no validation data: provide a val split or set data.val_split > 0")
             train, val = split_off_val(train, self.val_split, self.split_seed)
+        if self.shots_per_class:
+            train = few_shot_subset(train, self.shots_per_class, self.split_seed, class_names)
+            log.info("data.shots_per_class=%d: %d training images", self.shots_per_class, len(train))
         datasets = {"train": train, "val": val}
         if splits.test is not None:
             datasets["test"] = splits.test

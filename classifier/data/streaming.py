@@ -181,14 +181,16 @@ class StreamingDataModule(ClassificationDataModule):
             read from local folders and s3://).
         cache_dir: where remote chunks are kept while streaming (None: LitData's default).
         max_cache_size: the most disk that cache may take, e.g. '50GB'.
-        **kwargs: as every data module; sampler=balanced and folds need every label in order,
+        **kwargs: as every data module; sampler=balanced, folds and shots_per_class need every label in order,
             which a stream has not: they are refused.
     """
 
     def __init__(self, root: str, cache_dir: str | None = None, max_cache_size: str = "50GB", **kwargs):
         super().__init__(**kwargs)
-        if self.sampler is not None or self.folds is not None:
-            raise UserError("data=litdata streams its images: no data.sampler or data.folds")
+        if self.sampler is not None or self.folds is not None or self.shots_per_class is not None:
+            raise UserError(
+                "data=litdata streams its images: no data.sampler, data.folds or data.shots_per_class"
+            )
         if root is None or str(root) in ("", "???"):
             raise UserError(
                 "data.root is not set: point it at a converted folder or URI, e.g. data.root=/data/c10"

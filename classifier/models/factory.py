@@ -165,11 +165,17 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
-def _create_timm_model(name: str, num_classes: int, pretrained: bool, kwargs: dict) -> nn.Module:
-    if pretrained and not hf_constants.HF_HUB_OFFLINE and not hub_reachable():
-        # Without this the hub client retries for ~45 s before it even looks in its cache.
+def use_hub_cache_when_offline(name: str) -> None:
+    """When the Hugging Face hub does not answer, look for `name`'s weights in the local cache only:
+    otherwise the hub client retries for ~45 s before it even looks there."""
+    if not hf_constants.HF_HUB_OFFLINE and not hub_reachable():
         log.info("the Hugging Face hub is unreachable: looking for %s weights in the local cache only", name)
         hf_constants.HF_HUB_OFFLINE = True
+
+
+def _create_timm_model(name: str, num_classes: int, pretrained: bool, kwargs: dict) -> nn.Module:
+    if pretrained:
+        use_hub_cache_when_offline(name)
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except TypeError as exc:

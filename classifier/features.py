@@ -1,0 +1,233 @@
+"""Frozen features of a backbone, computed once: each split's pooled pre-logits features (what the
+classification head sees) through the data module's eval transform, kept on disk under
+$XDG_CACHE_HOME/classifier/features and reused while the backbone (architecture, weights), the
+transform and the split's images are the same, so a linear probe, a k-NN or a sweep over their
+settings does not run the backbone again."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+
+from classifier.atomic import write_atomically
+from classifier.data.base import Transformed
+from classifier.data.decoded import file_samples
+from classifier.data.memory import TensorImageDataset
+from classifier.errors import UserError
+from classifier.paths import cache_home, expand_path
+
+log = logging.getLogger(__name__)
+
+FEATURE_CACHE_VERSION = 1
+
+
+@dataclass
+class SplitFeatures:
+    """One split's features [N, D] (float32, on the CPU) and labels [N]; `seconds` is what the backbone
+    pass over it took when it ran (also for features read from the cache: what the cache saved)."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    seconds: float
+    from_cache: bool = False
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class PooledFeatures(nn.Module):
+    """`net` without its head: the pooled features the head takes (timm's
+    `forward_head(pre_logits=True)`, which this project's own models have too)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        if not (hasattr(net, "forward_features") and hasattr(net, "forward_head")):
+            raise UserError(
+                f"{type(net).__name__} has no forward_features/forward_head: it gives no features"
+            )
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(self.net.forward_features(images), pre_logits=True)
+
+
+def _digest_tensor(digest: Any, tensor: torch.Tensor) -> None:
+    digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
+    digest.update(np.ascontiguousarray(tensor.cpu().numpy()).tobytes())
+
+
+def dataset_fingerprint(dataset: Dataset) -> str | None:
+    """What names a split's images: each file with its label, size and modification time, or the
+    pixels of data held in memory (digits, CIFAR's pickled batches); None for data it cannot name
+    (a stream), whose features are then computed every time."""
+    digest = hashlib.sha256()
+    samples = file_samples(dataset)
+    if samples is not None:
+        for path, label in samples:
+            stat = os.stat(path)
+            digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+    if isinstance(dataset, Subset):
+        parent = dataset_fingerprint(dataset.dataset)
+        if parent is None:
+            return None
+        digest.update(parent.encode())
+        digest.update(np.asarray(dataset.indices, dtype=np.int64).tobytes())
+        return digest.hexdigest()
+    if isinstance(dataset, ConcatDataset):
+        parts = [dataset_fingerprint(part) for part in dataset.datasets]
+        if any(part is None for part in parts):
+            return None
+        digest.update("\n".join(parts).encode())
+        return digest.hexdigest()
+    if isinstance(dataset, TensorImageDataset):
+        _digest_tensor(digest, dataset.images)
+        digest.update(np.asarray(dataset.targets, dtype=np.int64).tobytes())
+        return digest.hexdigest()
+    return None
+
+
+def weights_identity(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The backbone as the cache keys it: the model config (architecture, options, hub tag) and, for a
+    local weights file, its path, size and modification time; timm's version, which names the hub
+    weights a bare architecture name resolves to."""
+    identity = {
+        key: value
+        for key, value in model_cfg.items()
+        if key not in ("num_classes", "freeze_backbone", "_target_")
+    }
+    weights = model_cfg.get("weights")
+    if weights:
+        path = expand_path(weights)
+        stat = path.stat() if path.is_file() else None
+        identity["weights"] = [str(path.resolve()), stat and stat.st_size, stat and stat.st_mtime_ns]
+    identity["timm"] = timm.__version__
+    return identity
+
+
+def cache_key(backbone: Mapping[str, Any], transform: Callable, fingerprint: str) -> str:
+    """Names a split's features: the backbone's identity, the eval transform (its repr: sizes,
+    filter, crop, normalisation) and the split's images."""
+    described = json.dumps([FEATURE_CACHE_VERSION, backbone, repr(transform), fingerprint], sort_keys=True)
+    return hashlib.sha256(described.encode()).hexdigest()[:32]
+
+
+def feature_cache_dir() -> Path:
+    return cache_home() / "features"
+
+
+@torch.no_grad()  # not inference_mode: the probe fits on these tensors with autograd
+def compute_features(
+    encoder: nn.Module,
+    dataset: Dataset,
+    transform: Callable,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(encoder(images) [N, D] float32 on the CPU, labels [N]) of every image of `dataset` after
+    `transform`: batched, in eval mode, without gradients or augmentation; bf16 autocast on a GPU
+    that has it."""
+    loader = DataLoader(
+        Transformed(dataset, transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    encoder = encoder.to(device).eval()
+    autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    features, labels = [], []
+    for images, batch_labels in loader:
+        images = images.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            features.append(encoder(images).float().cpu())
+        labels.append(torch.as_tensor(batch_labels))
+    return torch.cat(features), torch.cat(labels).long()
+
+
+def _read_cached(path: Path, count: int) -> dict[str, Any] | None:
+    """The cached entry at `path`, or None when it is missing or not a whole entry of `count` images
+    (a damaged file is recomputed, not trusted)."""
+    if not path.is_file():
+        return None
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        log.warning("features: %s is unreadable; computing the features again", path)
+        return None
+    valid = (
+        isinstance(entry, dict)
+        and isinstance(entry.get("features"), torch.Tensor)
+        and isinstance(entry.get("labels"), torch.Tensor)
+        and entry["features"].ndim == 2
+        and len(entry["features"]) == len(entry["labels"]) == count
+    )
+    if not valid:
+        log.warning("features: %s does not hold %d images' features; computing them again", path, count)
+        return None
+    return entry
+
+
+def split_features(
+    encoder: nn.Module,
+    backbone: Mapping[str, Any],
+    dataset: Dataset,
+    transform: Callable,
+    split: str,
+    *,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    use_cache: bool = True,
+) -> SplitFeatures:
+    """The features of `split` from the cache when an entry for this `backbone` (the encoder's identity,
+    weights_identity), transform and images exists, else computed by `encoder` (and, with
+    `use_cache`, written there for later runs)."""
+    fingerprint = dataset_fingerprint(dataset) if use_cache else None
+    path = None
+    if fingerprint is not None:
+        path = feature_cache_dir() / f"{cache_key(backbone, transform, fingerprint)}.pt"
+        entry = _read_cached(path, len(dataset))
+        if entry is not None:
+            seconds = float(entry.get("seconds", 0.0))
+            log.info(
+                "features: %s (%d images) from the cache %s (the backbone pass took %.1f s)",
+                split,
+                len(dataset),
+                path,
+                seconds,
+            )
+            return SplitFeatures(entry["features"].float(), entry["labels"].long(), seconds, True)
+    elif use_cache:
+        log.info("features: %s is streamed data; its features are computed each time", split)
+    start = time.perf_counter()
+    features, labels = compute_features(encoder, dataset, transform, batch_size, num_workers, device)
+    seconds = time.perf_counter() - start
+    log.info(
+        "features: %s, %d images x %d features in %.1f s (%.0f images/s)",
+        split,
+        len(labels),
+        features.shape[1],
+        seconds,
+        len(labels) / max(seconds, 1e-9),
+    )
+    if path is not None:
+        buffer = io.BytesIO()
+        torch.save({"features": features, "labels": labels, "seconds": seconds, "split": split}, buffer)
+        write_atomically(buffer.getvalue(), path)
+    return SplitFeatures(features, labels, seconds)

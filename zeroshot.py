@@ -1,0 +1,16 @@
+"""CLIP zero-shot classification: python zeroshot.py model=clip_b32 data=... [templates=[...]]."""
+
+import hydra
+from omegaconf import DictConfig
+
+from classifier.cli import expand_home_in_argv, run_task
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="zeroshot")
+def main(cfg: DictConfig) -> float | None:
+    return run_task("zeroshot", cfg)
+
+
+if __name__ == "__main__":
+    expand_home_in_argv()
+    main()
