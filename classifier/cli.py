@@ -1,6 +1,7 @@
-"""Command-line entry points: what train.py, eval.py, predict.py and export.py share (the command line
-as typed in bash, one-line errors, exit statuses), and the installed `classifier-train`, `-eval`,
-`-predict` and `-export` commands, which read the configs shipped in the package.
+"""Command-line entry points: what the root scripts (train.py, eval.py, predict.py, export.py, probe.py,
+zeroshot.py, fewshot.py) share (the command line as typed in bash, one-line errors, exit statuses),
+and the installed `classifier-train`, `-eval`, `-predict`, `-export`, `-probe`, `-zeroshot` and
+`-fewshot` commands, which read the configs shipped in the package.
 
 Nothing heavy is imported here: Hydra answers `--help` and config mistakes before torch, Lightning
 and timm load (seconds), and the task's module is imported once the config is composed.
@@ -175,6 +176,21 @@ def _export(cfg: DictConfig) -> float | None:
     return run_task("export", cfg)
 
 
+@hydra.main(version_base="1.3", config_path="pkg://classifier.conf", config_name="probe")
+def _probe(cfg: DictConfig) -> float | None:
+    return run_task("probe", cfg)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://classifier.conf", config_name="zeroshot")
+def _zeroshot(cfg: DictConfig) -> float | None:
+    return run_task("zeroshot", cfg)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://classifier.conf", config_name="fewshot")
+def _fewshot(cfg: DictConfig) -> float | None:
+    return run_task("fewshot", cfg)
+
+
 def train() -> None:
     """`classifier-train`: train.py from an installed package."""
     expand_home_in_argv()
@@ -197,3 +213,21 @@ def export() -> None:
     """`classifier-export`: export.py from an installed package."""
     expand_home_in_argv()
     _export()
+
+
+def probe() -> None:
+    """`classifier-probe`: probe.py from an installed package."""
+    expand_home_in_argv()
+    _probe()
+
+
+def zeroshot() -> None:
+    """`classifier-zeroshot`: zeroshot.py from an installed package."""
+    expand_home_in_argv()
+    _zeroshot()
+
+
+def fewshot() -> None:
+    """`classifier-fewshot`: fewshot.py from an installed package."""
+    expand_home_in_argv()
+    _fewshot()

@@ -38,7 +38,8 @@ from classifier.training import train
 
 DATA = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml") if p.stem != "timm")
-LARGE_MODELS = {"convnext_t", "resnet50", "vit_b", "vit_s"}  # a second or more each: the slow tier
+# a second or more each: the slow tier
+LARGE_MODELS = {"convnext_t", "resnet50", "vit_b", "vit_s", "dinov2_s", "dinov2_b", "clip_b16", "clip_b32"}
 TRAINERS = sorted(p.stem for p in (CONF_DIR / "trainer").glob("*.yaml"))
 DEBUGS = sorted(p.stem for p in (CONF_DIR / "debug").glob("*.yaml"))
 
@@ -82,7 +83,7 @@ def test_every_data_config_feeds_the_model(data, compose_train, tmp_path):
 )
 def test_every_model_config_runs_a_forward_pass(model, compose_train):
     # 32 px (digits, CIFAR) and 40 px, which is no multiple of a ViT's 16 px patches
-    cfg = compose_train(f"model={model}")
+    cfg = compose_train(f"model={model}", "++model.pretrained=false")  # DINOv2 and CLIP: offline
     for side, num_classes in ((32, 10), (40, 3)):
         net = build_net(cfg.model, num_classes, side).eval()
         with torch.no_grad():
