@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,10 @@ import numpy as np
 import timm
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from classifier.atomic import write_atomically
-from classifier.data.base import Transformed
+from classifier.data.base import ClassificationDataModule
 from classifier.data.decoded import file_samples
 from classifier.data.memory import TensorImageDataset
 from classifier.errors import UserError
@@ -132,31 +132,18 @@ def feature_cache_dir() -> Path:
 
 @torch.no_grad()  # not inference_mode: the probe fits on these tensors with autograd
 def compute_features(
-    encoder: nn.Module,
-    dataset: Dataset,
-    transform: Callable,
-    batch_size: int,
-    num_workers: int,
-    device: torch.device,
+    encoder: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(encoder(images) [N, D] float32 on the CPU, labels [N]) of every image of `dataset` after
-    `transform`: batched, in eval mode, without gradients or augmentation; bf16 autocast on a GPU
-    that has it."""
-    loader = DataLoader(
-        Transformed(dataset, transform),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-    )
+    """(encoder(images) [N, D] float32 on the CPU, labels [N]) over (images, labels) `batches`, in
+    eval mode, without gradients; bf16 autocast on a GPU that has it."""
     encoder = encoder.to(device).eval()
     autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
     features, labels = [], []
-    for images, batch_labels in loader:
+    for images, batch_labels in batches:
         images = images.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             features.append(encoder(images).float().cpu())
-        labels.append(torch.as_tensor(batch_labels))
+        labels.append(torch.as_tensor(batch_labels).cpu())
     return torch.cat(features), torch.cat(labels).long()
 
 
@@ -186,22 +173,23 @@ def _read_cached(path: Path, count: int) -> dict[str, Any] | None:
 def split_features(
     encoder: nn.Module,
     backbone: Mapping[str, Any],
-    dataset: Dataset,
-    transform: Callable,
+    datamodule: ClassificationDataModule,
     split: str,
     *,
-    batch_size: int,
-    num_workers: int,
     device: torch.device,
     use_cache: bool = True,
 ) -> SplitFeatures:
-    """The features of `split` from the cache when an entry for this `backbone` (the encoder's identity,
-    weights_identity), transform and images exists, else computed by `encoder` (and, with
-    `use_cache`, written there for later runs)."""
+    """The features of the data module's `split` from the cache when an entry for this `backbone`
+    (the encoder's identity, weights_identity), eval transform and images exists, else computed by
+    `encoder` over the data module's eval loader (and, with `use_cache`, written there for later
+    runs). The eval loader batches small images through the decoded cache (classifier/data/decoded.py):
+    no per-image decoding or transforms when training already decoded them."""
+    dataset = datamodule.dataset(split)
     fingerprint = dataset_fingerprint(dataset) if use_cache else None
     path = None
     if fingerprint is not None:
-        path = feature_cache_dir() / f"{cache_key(backbone, transform, fingerprint)}.pt"
+        key = cache_key(backbone, datamodule.eval_transform, fingerprint)
+        path = feature_cache_dir() / f"{key}.pt"
         entry = _read_cached(path, len(dataset))
         if entry is not None:
             seconds = float(entry.get("seconds", 0.0))
@@ -216,7 +204,7 @@ def split_features(
     elif use_cache:
         log.info("features: %s is streamed data; its features are computed each time", split)
     start = time.perf_counter()
-    features, labels = compute_features(encoder, dataset, transform, batch_size, num_workers, device)
+    features, labels = compute_features(encoder, datamodule.eval_loader(split), device)
     seconds = time.perf_counter() - start
     log.info(
         "features: %s, %d images x %d features in %.1f s (%.0f images/s)",

@@ -245,17 +245,7 @@ def probe_features(
     backbone = weights_identity(OmegaConf.to_container(cfg.model, resolve=True))
     use_cache = to_flag(cfg.get("features_cache", True), "features_cache")
     return {
-        split: split_features(
-            encoder,
-            backbone,
-            datamodule.dataset(split),
-            datamodule.eval_transform,
-            split,
-            batch_size=datamodule.batch_size,
-            num_workers=datamodule.num_workers,
-            device=device,
-            use_cache=use_cache,
-        )
+        split: split_features(encoder, backbone, datamodule, split, device=device, use_cache=use_cache)
         for split in splits
     }
 

@@ -220,15 +220,7 @@ def zeroshot(cfg: DictConfig) -> dict[str, float]:
     results = {}
     for split in splits:
         features = split_features(
-            ImageTower(clip),
-            backbone,
-            datamodule.dataset(split),
-            datamodule.eval_transform,
-            split,
-            batch_size=datamodule.batch_size,
-            num_workers=datamodule.num_workers,
-            device=device,
-            use_cache=use_cache,
+            ImageTower(clip), backbone, datamodule, split, device=device, use_cache=use_cache
         )
         probabilities = zero_shot_logits(features.features, text, scale).softmax(dim=1)
         results[split] = probability_metrics(probabilities, features.labels, datamodule.num_classes)

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,12 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO, compose_config, write_image_folder
 from sklearn.linear_model import LogisticRegression
+from torch.utils.data import DataLoader
 
 from classifier import features as features_module
 from classifier.builders import build_datamodule
 from classifier.data import DigitsDataModule, ImageFolderDataModule
+from classifier.data.base import Transformed
 from classifier.errors import UserError
 from classifier.features import compute_features
 from classifier.probing import fit_linear_probe, fit_logistic_regression, knn_probabilities, probe
@@ -37,6 +40,12 @@ def clusters(classes: int, per_class: int, dim: int = 16, noise: float = 0.05, s
     labels = torch.arange(classes).repeat_interleave(per_class)
     x = centres[labels] + noise * torch.tensor(rng.normal(size=(len(labels), dim)), dtype=torch.float32)
     return x, labels
+
+
+def per_image(datamodule, split: str) -> DataLoader:
+    """The split through the data module's eval transform one image at a time: the reference for
+    the probe's own (batched, decoded-cache) feature pass."""
+    return DataLoader(Transformed(datamodule.dataset(split), datamodule.eval_transform), batch_size=64)
 
 
 # -- k-NN and the linear probe -----------------------------------------------------------------------
@@ -97,55 +106,69 @@ def backbone_calls(monkeypatch) -> list[int]:
     """How many images each backbone pass of the run computed features for."""
     calls: list[int] = []
 
-    def counting(encoder, dataset, *args, **kwargs):
-        calls.append(len(dataset))
-        return compute_features(encoder, dataset, *args, **kwargs)
+    def counting(encoder, batches, device):
+        calls.append(len(batches.dataset))
+        return compute_features(encoder, batches, device)
 
     monkeypatch.setattr(features_module, "compute_features", counting)
     return calls
 
 
-def run_probe(tmp_path: Path, name: str, *overrides: str) -> tuple[dict, dict]:
-    cfg = compose_config("probe", tmp_path / name, [*PROBE, *overrides], quiet=False)
+def run_probe(tmp_path: Path, name: str, *overrides: str, base: Sequence[str] = PROBE) -> tuple[dict, dict]:
+    cfg = compose_config("probe", tmp_path / name, [*base, *overrides], quiet=False)
     metrics = probe(cfg)
     return metrics, json.loads((tmp_path / name / "probe.json").read_text())
 
 
-def test_features_are_computed_once_reused_and_rebuilt_when_the_transform_or_weights_change(
+def test_features_are_computed_once_reused_and_rebuilt_when_the_transform_weights_or_files_change(
     tmp_path, backbone_calls
 ):
+    root = write_image_folder(tmp_path / "photos", {"train": 6, "val": 2, "test": 2}, size=16)
     weights = tmp_path / "cnn.pth"
     torch.manual_seed(0)
     from classifier.models import create_model
 
-    torch.save(create_model("scratch_cnn", num_classes=10).state_dict(), weights)
-    first, details = run_probe(tmp_path, "a", f"model.weights={weights}", "method=knn")
-    assert backbone_calls == [1149, 288, 360]  # train, val, test of the digits
-    assert details["features_from_cache"] == {"train": False, "val": False, "test": False}
-    cached = sorted((tmp_path / "cache" / "classifier" / "features").glob("*.pt"))
-    assert len(cached) == 3
+    torch.save(create_model("scratch_cnn", num_classes=3).state_dict(), weights)
+    base = [
+        "device=cpu",
+        "model=scratch_cnn",
+        f"model.weights={weights}",
+        "data=imagefolder",
+        f"data.root={root}",
+    ]
 
-    again, details = run_probe(tmp_path, "b", f"model.weights={weights}", "method=linear")
-    assert backbone_calls == [1149, 288, 360]  # the backbone did not run again
+    def run(name: str, *overrides: str) -> tuple[dict, dict]:
+        return run_probe(tmp_path, name, "data.num_workers=0", *overrides, base=base)
+
+    first, details = run("a", "method=knn", "knn.k=3")
+    assert backbone_calls == [18, 6, 6]  # train, val, test
+    assert details["features_from_cache"] == {"train": False, "val": False, "test": False}
+    folder = tmp_path / "cache" / "classifier" / "features"
+    assert len(list(folder.glob("*.pt"))) == 3
+
+    again, details = run("b", "method=linear")
+    assert backbone_calls == [18, 6, 6]  # the backbone did not run again
     assert details["features_from_cache"] == {"train": True, "val": True, "test": True}
     assert details["feature_seconds"]["train"] > 0  # what the cache saved
-    knn_again, _ = run_probe(tmp_path, "c", f"model.weights={weights}", "method=knn")
+    knn_again, _ = run("c", "method=knn", "knn.k=3")
     assert knn_again == first  # the same features, the same votes
 
-    run_probe(tmp_path, "d", f"model.weights={weights}", "method=knn", "data.img_size=24")
-    assert backbone_calls[3:] == [1149, 288, 360]  # another eval transform: new features
-    torch.save(create_model("scratch_cnn", num_classes=10).state_dict(), weights)  # other weights
-    run_probe(tmp_path, "e", f"model.weights={weights}", "method=knn")
-    assert backbone_calls[6:] == [1149, 288, 360]
-    run_probe(tmp_path, "f", f"model.weights={weights}", "method=knn", "features_cache=false")
-    assert backbone_calls[9:] == [1149, 288, 360]
-    entries = sorted(
-        (tmp_path / "cache" / "classifier" / "features").glob("*.pt"), key=lambda p: p.stat().st_mtime
-    )
-    assert len(entries) == 9
+    run("d", "method=knn", "data.img_size=24")
+    assert backbone_calls[3:] == [18, 6, 6]  # another eval transform: new features
+    torch.save(create_model("scratch_cnn", num_classes=3).state_dict(), weights)  # other weights
+    run("e", "method=knn")
+    assert backbone_calls[6:] == [18, 6, 6]
+    image = next((root / "test" / "dog").iterdir())
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))  # a file changed
+    run("f", "method=knn")
+    assert backbone_calls[9:] == [6]  # that split only
+    run("g", "method=knn", "features_cache=false")
+    assert backbone_calls[10:] == [18, 6, 6]
+    entries = sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime)
+    assert len(entries) == 10
     entries[-1].write_bytes(b"not a torch file")  # a damaged entry is computed again, not trusted
-    run_probe(tmp_path, "g", f"model.weights={weights}", "method=knn")
-    assert backbone_calls[12:] == [360]
+    run("h", "method=knn")
+    assert backbone_calls[13:] == [6]
 
 
 def test_probe_metrics_are_those_of_the_features_and_the_reports_are_written(tmp_path):
@@ -159,10 +182,7 @@ def test_probe_metrics_are_those_of_the_features_and_the_reports_are_written(tmp
 
     encoder = PooledFeatures(create_model("scratch_cnn", num_classes=10))
     cpu = torch.device("cpu")
-    feats = {
-        s: compute_features(encoder, datamodule.dataset(s), datamodule.eval_transform, 64, 0, cpu)
-        for s in ("train", "val", "test")
-    }
+    feats = {s: compute_features(encoder, per_image(datamodule, s), cpu) for s in ("train", "val", "test")}
     probabilities = knn_probabilities(*feats["train"], feats["test"][0], 10, k=5)
     expected = float((probabilities.argmax(dim=1) == feats["test"][1]).float().mean())
     assert knn["test/top1"] == pytest.approx(expected)
@@ -295,9 +315,7 @@ def test_zero_shot_averages_one_text_embedding_per_class_and_predicts_the_most_s
 
     datamodule = DigitsDataModule(mean=[0.5] * 3, std=[0.25] * 3, interpolation="bilinear")
     datamodule.setup()
-    images, labels = compute_features(
-        ImageTower(clip), datamodule.dataset("test"), datamodule.eval_transform, 64, 0, torch.device("cpu")
-    )
+    images, labels = compute_features(ImageTower(clip), per_image(datamodule, "test"), torch.device("cpu"))
     predicted = (F.normalize(images, dim=-1) @ text.T).argmax(dim=1)
     assert metrics["test/top1"] == pytest.approx(float((predicted == labels).float().mean()))
     confusion = np.asarray(json.loads((tmp_path / "run" / "report.json").read_text())["confusion"])
@@ -334,7 +352,8 @@ def test_fewshot_writes_the_table_of_its_runs(tmp_path):
             "model=scratch_cnn",
             "shots=[2,4]",
             "methods=[zeroshot,linear,knn,finetune]",
-            'finetune=["trainer.max_epochs=1","trainer.accelerator=cpu","trainer.enable_model_summary=false","++measure_cpu_speed=false"]',
+            'finetune=["trainer.max_epochs=1","trainer.accelerator=cpu","trainer.enable_model_summary=false",'
+            '"++measure_cpu_speed=false","callbacks.dashboards=null","logger=none"]',
             "device=cpu",
             f"hydra.run.dir={tmp_path / 'run'}",
         ],

@@ -79,5 +79,6 @@ def test_a_run_on_the_stream_trains_and_evaluates_from_its_checkpoint(converted,
 def test_stream_mistakes_are_one_line(tmp_path, converted):
     with pytest.raises(UserError, match=r"classes.json not found: convert the images first \(python -m"):
         ready(StreamingDataModule(root=str(tmp_path / "nothing")))
-    with pytest.raises(UserError, match="data=litdata streams its images: no data.sampler or data.folds"):
+    streams = "data=litdata streams its images: no data.sampler, data.folds or data.shots_per_class"
+    with pytest.raises(UserError, match=streams):
         StreamingDataModule(root=str(converted[1]), sampler="balanced")

@@ -543,6 +543,11 @@ class ClassificationDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
+    def eval_loader(self, split: str) -> DataLoader:
+        """The images of `split` (train too) through the eval transform, in order, in batches: the
+        decoded cache's batched path when it serves this data, else per image in loader workers."""
+        return self._loader(split, train=False)
+
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
 
