@@ -92,15 +92,28 @@ def create_clip(name: str, weights: str | None) -> tuple[nn.Module, Any]:
     if weights is None and not name.startswith(SCHEMAS):
         log.warning("CLIP %s has random weights (no model.pretrained or model.weights)", name)
     try:
+        # open_clip logs its own ERROR lines (root logger) before it raises: the one line is ours
+        logging.disable(logging.ERROR)
         model = open_clip.create_model(name, pretrained=weights)
         tokenizer = open_clip.get_tokenizer(name)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        where = "a local file" if local and weights else "the Hugging Face hub"
-        raise UserError(
-            f"open_clip could not build {name} with weights {weights} from {where}: {reason}"
-            " (offline? model.weights=PATH takes an open_clip checkpoint file)"
-        ) from exc
+        if weights and Path(weights).is_file():
+            message = (
+                f"model.weights={weights} does not fit open_clip's {name} ({reason[:200]}): is it an"
+                " open_clip checkpoint of that architecture?"
+            )
+        elif local:
+            message = f"open_clip could not build {name}: {reason[:300]}"
+        else:
+            message = (
+                f"model.pretrained=true could not fetch open_clip's {name} weights {weights!r} from the"
+                f" Hugging Face hub ({type(exc).__name__}); offline? use model.weights=PATH (an open_clip"
+                " checkpoint file) or model.open_clip.name=local-dir:FOLDER (a downloaded hub repository)"
+            )
+        raise UserError(message) from exc
+    finally:
+        logging.disable(logging.NOTSET)
     return model.eval(), tokenizer
 
 
