@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -156,78 +157,27 @@ def _optimized_metric(metrics: dict[str, float], key: str | None) -> float | Non
     return metrics[key]
 
 
-@hydra.main(version_base="1.3", config_path="pkg://classifier.conf", config_name="train")
-def _train(cfg: DictConfig) -> float | None:
-    return run_task("train", cfg)
+def installed_command(task: str) -> Callable[[], None]:
+    """The `classifier-<task>` command of an installed package: <task>.py reading the configs shipped
+    inside it (pkg://classifier.conf)."""
+
+    @hydra.main(version_base="1.3", config_path="pkg://classifier.conf", config_name=task)
+    def main(cfg: DictConfig) -> float | None:
+        return run_task(task, cfg)
+
+    def command() -> None:
+        expand_home_in_argv()
+        main()
+
+    command.__doc__ = f"`classifier-{task}`: {task}.py from an installed package."
+    return command
 
 
-@hydra.main(version_base="1.3", config_path="pkg://classifier.conf", config_name="eval")
-def _evaluate(cfg: DictConfig) -> float | None:
-    return run_task("eval", cfg)
-
-
-@hydra.main(version_base="1.3", config_path="pkg://classifier.conf", config_name="predict")
-def _predict(cfg: DictConfig) -> float | None:
-    return run_task("predict", cfg)
-
-
-@hydra.main(version_base="1.3", config_path="pkg://classifier.conf", config_name="export")
-def _export(cfg: DictConfig) -> float | None:
-    return run_task("export", cfg)
-
-
-@hydra.main(version_base="1.3", config_path="pkg://classifier.conf", config_name="probe")
-def _probe(cfg: DictConfig) -> float | None:
-    return run_task("probe", cfg)
-
-
-@hydra.main(version_base="1.3", config_path="pkg://classifier.conf", config_name="zeroshot")
-def _zeroshot(cfg: DictConfig) -> float | None:
-    return run_task("zeroshot", cfg)
-
-
-@hydra.main(version_base="1.3", config_path="pkg://classifier.conf", config_name="fewshot")
-def _fewshot(cfg: DictConfig) -> float | None:
-    return run_task("fewshot", cfg)
-
-
-def train() -> None:
-    """`classifier-train`: train.py from an installed package."""
-    expand_home_in_argv()
-    _train()
-
-
-def evaluate() -> None:
-    """`classifier-eval`: eval.py from an installed package."""
-    expand_home_in_argv()
-    _evaluate()
-
-
-def predict() -> None:
-    """`classifier-predict`: predict.py from an installed package."""
-    expand_home_in_argv()
-    _predict()
-
-
-def export() -> None:
-    """`classifier-export`: export.py from an installed package."""
-    expand_home_in_argv()
-    _export()
-
-
-def probe() -> None:
-    """`classifier-probe`: probe.py from an installed package."""
-    expand_home_in_argv()
-    _probe()
-
-
-def zeroshot() -> None:
-    """`classifier-zeroshot`: zeroshot.py from an installed package."""
-    expand_home_in_argv()
-    _zeroshot()
-
-
-def fewshot() -> None:
-    """`classifier-fewshot`: fewshot.py from an installed package."""
-    expand_home_in_argv()
-    _fewshot()
+# pyproject.toml's [project.scripts] point at these.
+train = installed_command("train")
+evaluate = installed_command("eval")
+predict = installed_command("predict")
+export = installed_command("export")
+probe = installed_command("probe")
+zeroshot = installed_command("zeroshot")
+fewshot = installed_command("fewshot")
