@@ -11,6 +11,7 @@ torch on the cached features: seconds for 50k images on a CPU.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -25,12 +26,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from classifier.atomic import write_atomically
 from classifier.builders import build_datamodule, build_net, pretrained_input_overrides
+from classifier.checkpoints import BEST, RUN_KEY, run_metadata
 from classifier.data import ClassificationDataModule
 from classifier.data.numeric import to_flag, to_number
 from classifier.devices import inference_device
 from classifier.errors import UserError
 from classifier.features import PooledFeatures, SplitFeatures, split_features, weights_identity
 from classifier.metrics import ECE_BINS, create_eval_metrics
+from classifier.module import ClassifierModule
 from classifier.reports import EvaluationReport, format_metrics, reliability_bins, write_reports
 
 log = logging.getLogger(__name__)
@@ -204,6 +207,37 @@ def write_probe_reports(
     return metrics
 
 
+# -- the probe as a checkpoint --------------------------------------------------------------------------
+def probe_checkpoint(
+    cfg: DictConfig, net: torch.nn.Module, fitted: LinearProbe, datamodule: ClassificationDataModule
+) -> dict[str, Any]:
+    """A checkpoint as train.py writes one (eval.py, predict.py and export.py take it): the backbone
+    with the probe as its head, the standardisation folded in (W / std, b - (W / std) mean)."""
+    head = net.get_classifier() if hasattr(net, "get_classifier") else None
+    if not isinstance(head, torch.nn.Linear) or head.weight.shape != fitted.weight.shape:
+        raise UserError(f"{cfg.model.name}: its head is not one linear layer on the features; no checkpoint")
+    weight = fitted.weight / fitted.std
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(fitted.bias - weight @ fitted.mean)
+    module = ClassifierModule(net=net, class_names=datamodule.class_names)
+    config = {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "module": {"_target_": "classifier.module.ClassifierModule"},
+        "probe": {"method": "linear", "weight_decay": fitted.weight_decay},
+    }
+    metadata = run_metadata(config, datamodule.class_names, datamodule.input_spec.to_dict())
+    return {"state_dict": module.state_dict(), "epoch": 0, "global_step": 0, RUN_KEY: metadata}
+
+
+def _save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    write_atomically(buffer.getvalue(), path)
+    log.info("the backbone with the probe as its head: %s (eval.py, predict.py, export.py take it)", path)
+
+
 # -- the task -------------------------------------------------------------------------------------------
 def _settings(cfg: DictConfig) -> dict[str, Any]:
     method = cfg.get("method")
@@ -235,10 +269,9 @@ def backbone_description(model_cfg: DictConfig) -> str:
 
 
 def probe_features(
-    cfg: DictConfig, datamodule: ClassificationDataModule, splits: list[str]
+    cfg: DictConfig, datamodule: ClassificationDataModule, splits: list[str], encoder: PooledFeatures
 ) -> dict[str, SplitFeatures]:
     """Each split's frozen features of cfg.model's backbone through the data's eval transform, cached."""
-    encoder = PooledFeatures(build_net(cfg.model, datamodule.num_classes, datamodule.input_spec.img_size))
     if not (cfg.model.get("pretrained") or cfg.model.get("weights")):
         log.warning("model %s has random weights (no model.pretrained or model.weights)", cfg.model.name)
     device = inference_device(str(cfg.get("device", "auto")))
@@ -257,19 +290,22 @@ def probe(cfg: DictConfig) -> dict[str, float]:
     settings = _settings(cfg)
     datamodule = build_datamodule(cfg.data, pretrained_input_overrides(cfg.data, cfg.model))
     splits = ["train", "val", "test"] if datamodule.has_test else ["train", "val"]
-    features = probe_features(cfg, datamodule, splits)
+    encoder = PooledFeatures(build_net(cfg.model, datamodule.num_classes, datamodule.input_spec.img_size))
+    features = probe_features(cfg, datamodule, splits, encoder)
     saved = sum(f.seconds for f in features.values() if f.from_cache)
     if saved:
         log.info("features: the cache saved %.1f s of backbone passes", saved)
     start = time.perf_counter()
     num_classes = datamodule.num_classes
     details: dict[str, Any] = dict(settings)
+    checkpoint = None
     if settings["method"] == "linear":
         fitted, sweep = fit_linear_probe(
             features["train"], features["val"], num_classes, settings["weight_decay"], settings["max_iter"]
         )
         details |= {"chosen_weight_decay": fitted.weight_decay, "sweep": sweep}
         probabilities = {s: fitted.logits(features[s].features).softmax(dim=1) for s in splits[1:]}
+        checkpoint = probe_checkpoint(cfg, encoder.net, fitted, datamodule)
         what = f"linear probe (weight_decay={fitted.weight_decay:g}, chosen on val)"
     else:
         train = features["train"]
@@ -303,4 +339,8 @@ def probe(cfg: DictConfig) -> dict[str, float]:
         "probe_seconds": round(probe_seconds, 3),
     }
     source = f"{what} on {backbone_description(cfg.model)} features"
-    return write_probe_reports(Path(cfg.paths.output_dir), results, datamodule.class_names, source, details)
+    output_dir = Path(cfg.paths.output_dir)
+    metrics = write_probe_reports(output_dir, results, datamodule.class_names, source, details)
+    if checkpoint is not None:
+        _save_checkpoint(checkpoint, output_dir / BEST)
+    return metrics

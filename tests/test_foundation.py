@@ -220,6 +220,15 @@ def test_probe_metrics_are_those_of_the_features_and_the_reports_are_written(tmp
     assert abs(linear["test/top1"] - float(np.mean(predicted == feats["test"][1].numpy()))) <= 1 / 360
     assert details["chosen_weight_decay"] == 1e-2 and "test/nll" in linear
 
+    # the backbone with the probe folded into its head, as a train.py checkpoint: eval.py agrees
+    from classifier.training import evaluate
+
+    ckpt = tmp_path / "linear" / "checkpoints" / "best.ckpt"
+    evaluated = evaluate(compose_config("eval", tmp_path / "eval", [f"ckpt_path={ckpt}"]))
+    for key, value in linear.items():
+        assert evaluated[key] == pytest.approx(value, abs=1e-4), key
+    assert not (tmp_path / "knn" / "checkpoints").exists()  # a k-NN has no head to save
+
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
