@@ -6,9 +6,8 @@ open_clip model in a local-dir: folder, and fewshot.py's table."""
 from __future__ import annotations
 
 import json
+import logging
 import os
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, compose_config, write_image_folder
+from conftest import CONF_DIR, compose_config, write_image_folder
 from sklearn.linear_model import LogisticRegression
 from torch.utils.data import DataLoader
 
@@ -364,27 +363,30 @@ def test_zero_shot_mistakes_end_in_one_line(tmp_path):
 
 
 # -- fewshot.py ---------------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_fewshot_writes_the_table_of_its_runs(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "fewshot.py"),
-            "model=scratch_cnn",
-            "shots=[2,4]",
-            "methods=[zeroshot,linear,knn,finetune]",
-            'finetune=["trainer.max_epochs=1","trainer.accelerator=cpu","trainer.enable_model_summary=false",'
-            '"++measure_cpu_speed=false","callbacks.dashboards=null","logger=none"]',
-            "device=cpu",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def test_fewshot_writes_the_table_of_its_runs(tmp_path, caplog):
+    """fewshot.py's cells, each a probe.py or train.py run composed inside it as the command line
+    composes them (in this process: Hydra's compose API within an initialised config search path)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from classifier.fewshot import fewshot
+
+    caplog.set_level(logging.INFO, logger="classifier")
+    overrides = [
+        "model=scratch_cnn",
+        "shots=[2,4]",
+        "methods=[zeroshot,linear,knn,finetune]",
+        'finetune=["trainer.max_epochs=1","trainer.accelerator=cpu","trainer.enable_model_summary=false",'
+        '"trainer.enable_progress_bar=false","++measure_cpu_speed=false","callbacks.dashboards=null","logger=none"]',
+        "device=cpu",
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("fewshot", overrides=overrides, return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+        HydraConfig.instance().set_config(cfg)
+        returned = fewshot(cfg)
     run = tmp_path / "run"
     cells = {f"{m}_k{k}" for m in ("linear", "knn", "finetune") for k in (2, 4)}
     assert {p.name for p in run.iterdir() if p.is_dir() and not p.name.startswith(".")} == cells
@@ -396,4 +398,8 @@ def test_fewshot_writes_the_table_of_its_runs(tmp_path):
             metrics = json.loads((run / f"{method}_k{k}" / "metrics.json").read_text())
             assert value == f"{metrics['test/top1']:.4f}"
     assert json.loads((run / "linear_k2" / "probe.json").read_text())["images"]["train"] == 20
-    assert "data: 10 classes; train 40, val 288, test 360 images" in (run / "fewshot.log").read_text()
+    assert (
+        returned["finetune_k4/test/top1"]
+        == json.loads((run / "finetune_k4" / "metrics.json").read_text())["test/top1"]
+    )
+    assert "data: 10 classes; train 40, val 288, test 360 images" in caplog.text
