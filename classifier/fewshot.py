@@ -25,7 +25,13 @@ from classifier.errors import UserError
 
 log = logging.getLogger(__name__)
 
-METHODS = ("zeroshot", "linear", "knn", "finetune")
+# method -> (the script whose config a cell composes, fewshot.py's key with that cell's own overrides)
+METHODS = {
+    "zeroshot": ("zeroshot", "zeroshot"),
+    "linear": ("probe", "probe"),
+    "knn": ("probe", "probe"),
+    "finetune": ("train", "finetune"),
+}
 TABLE_FILE, CSV_FILE = "fewshot.md", "fewshot.csv"
 # fewshot.py's own keys; every other override given to it goes to the runs it makes.
 OWN_KEYS = ("shots", "methods", "finetune", "probe", "zeroshot", "metric")
@@ -119,11 +125,9 @@ def fewshot(cfg: DictConfig) -> dict[str, float]:
     shared = shared_overrides()
     rows = []
     for method, k in _cells(methods, shots, bool(cfg.model.get("open_clip"))):
-        task = {"zeroshot": "zeroshot", "linear": "probe", "knn": "probe", "finetune": "train"}[method]
+        task, own_key = METHODS[method]
         name = f"{method}_k{k}" if k else (method if k == 0 else f"{method}_all")
-        overrides = _for_task(shared, task) + _extra(
-            cfg, {"probe": "probe", "train": "finetune"}.get(task, task)
-        )
+        overrides = _for_task(shared, task) + _extra(cfg, own_key)
         if task == "probe":
             overrides.append(f"method={method}")
         if k:
