@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from classifier.atomic import write_atomically
-from classifier.errors import UserError
+from classifier.errors import UserError, first_line_of
 from classifier.paths import expand_path
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,7 @@ def _read(path: Path, what: str, mmap: bool = False) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{what} is not a readable checkpoint: {reason}") from exc
+        raise UserError(f"{what} is not a readable checkpoint: {first_line_of(exc)}") from exc
     if not isinstance(checkpoint, dict) or RUN_KEY not in checkpoint or "state_dict" not in checkpoint:
         raise UserError(f"{what} is not a checkpoint written by train.py (no run config inside)")
     return checkpoint

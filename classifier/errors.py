@@ -24,6 +24,13 @@ class RunInterrupted(UserError):
         self.exit_status = exit_status
 
 
+def first_line_of(exc: BaseException) -> str:
+    """The first non-blank line of what `exc` says, or its type's name when it says nothing: the
+    reason a one-line error quotes from a library's multi-line message."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 @contextmanager
 def config_errors(group: str) -> Iterator[None]:
     """Turn what a library raises while building an object from the `group` config (Lightning's
@@ -37,8 +44,7 @@ def config_errors(group: str) -> Iterator[None]:
     except Exception as exc:
         if not _is_config_error(exc):
             raise
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{group}: {first_line}") from exc
+        raise UserError(f"{group}: {first_line_of(exc)}") from exc
 
 
 def _is_config_error(exc: Exception) -> bool:

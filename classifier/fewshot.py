@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from classifier.atomic import write_atomically
 from classifier.data.numeric import to_number
-from classifier.errors import UserError
+from classifier.errors import UserError, first_line_of
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,7 @@ def cell_config(task: str, overrides: list[str], output_dir: Path) -> DictConfig
     try:
         cfg = compose(config_name=task, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"fewshot: {task}.py {' '.join(overrides)}: {reason}") from exc
+        raise UserError(f"fewshot: {task}.py {' '.join(overrides)}: {first_line_of(exc)}") from exc
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg

@@ -26,7 +26,7 @@ from classifier.data.images import is_ignored, is_image_file, iter_image_files, 
 from classifier.data.numeric import to_flag, to_number
 from classifier.data.transforms import InputSpec, create_eval_transform
 from classifier.devices import inference_device
-from classifier.errors import UserError
+from classifier.errors import UserError, first_line_of
 from classifier.models import check_model_name, create_model, pretrained_input
 from classifier.models.weights import load_local_weights
 from classifier.module import ClassifierModule
@@ -96,8 +96,7 @@ class ImageFiles(Dataset):
         try:
             return self.transform(load_rgb(self.paths[index])), index, None
         except Exception as exc:  # PIL raises many types for corrupt data; all mean "unreadable"
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return None, index, reason
+            return None, index, first_line_of(exc)
 
 
 def collate_readable(items):

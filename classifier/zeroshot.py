@@ -28,7 +28,7 @@ from torch import nn
 from classifier.builders import build_datamodule
 from classifier.data.numeric import to_flag
 from classifier.devices import inference_device
-from classifier.errors import UserError
+from classifier.errors import UserError, first_line_of
 from classifier.features import split_features
 from classifier.models.factory import use_hub_cache_when_offline
 from classifier.paths import expand_path
@@ -97,7 +97,7 @@ def create_clip(name: str, weights: str | None) -> tuple[nn.Module, Any]:
         model = open_clip.create_model(name, pretrained=weights)
         tokenizer = open_clip.get_tokenizer(name)
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line_of(exc)
         if weights and Path(weights).is_file():
             message = (
                 f"model.weights={weights} does not fit open_clip's {name} ({reason[:200]}): is it an"

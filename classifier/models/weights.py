@@ -10,7 +10,7 @@ import torch
 from timm.models import load_state_dict
 from torch import nn
 
-from classifier.errors import UserError
+from classifier.errors import UserError, first_line_of
 from classifier.paths import expand_path
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = load_state_dict(str(path), use_ema=True, weights_only=True)
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"model.weights={path} is not a readable state_dict: {reason}") from exc
+        raise UserError(f"model.weights={path} is not a readable state_dict: {first_line_of(exc)}") from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"model.weights={path} does not hold a state_dict of tensors")
     return state
