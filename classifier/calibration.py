@@ -37,9 +37,14 @@ def calibration_of(probabilities: torch.Tensor, labels: torch.Tensor) -> dict[st
     probabilities, labels = probabilities.detach().double().cpu(), labels.detach().long().cpu()
     confidences, predicted = probabilities.max(dim=1)
     bins = reliability_bins(confidences.numpy(), (predicted == labels).numpy(), ECE_BINS)
-    picked = probabilities.gather(1, labels[:, None]).squeeze(1)
-    nll = -picked.clamp_min(torch.finfo(torch.float64).tiny).log().mean()
-    return {"ece": expected_calibration_error(bins), "nll": float(nll)}
+    return {"ece": expected_calibration_error(bins), "nll": mean_nll(probabilities, labels)}
+
+
+def mean_nll(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean negative log-likelihood of `labels` under class `probabilities`, in float64 (a probability
+    of 0 counts as the smallest positive float64, not infinity)."""
+    picked = probabilities.detach().double().cpu().gather(1, labels.detach().long().cpu()[:, None]).squeeze(1)
+    return float(-picked.clamp_min(torch.finfo(torch.float64).tiny).log().mean())
 
 
 def temperature_effect(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> dict[str, float]:

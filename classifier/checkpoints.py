@@ -69,14 +69,19 @@ def saved_temperature(saved: dict[str, Any], what: str) -> float:
     return float(value)
 
 
+def save_atomically(obj: Any, path: str | Path) -> None:
+    """torch.save `obj` to `path` through `write_atomically`: a crash leaves the old file or the new."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomically(buffer.getvalue(), Path(path))
+
+
 def save_with_temperature(source: str | Path, temperature: float, destination: str | Path) -> None:
     """Write `source`'s checkpoint to `destination` (atomically; it may be `source` itself) with
     `temperature` in its run metadata, where eval.py and predict.py read it."""
     checkpoint = load_checkpoint(source)
     checkpoint[RUN_KEY][TEMPERATURE_KEY] = float(temperature)
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    write_atomically(buffer.getvalue(), Path(destination))
+    save_atomically(checkpoint, destination)
 
 
 def collect_rng_states() -> dict[str, Any]:
@@ -110,9 +115,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        write_atomically(buffer.getvalue(), path)
+        save_atomically(checkpoint, path)
 
 
 def _read(path: Path, what: str, mmap: bool = False) -> dict[str, Any]:

@@ -99,7 +99,8 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-def _load_task(name: str):
+def load_task(name: str) -> Callable[[DictConfig], dict[str, float]]:
+    """The function of task `name` (TASKS), its module imported now."""
     module, function = TASKS[name].split(":")
     return getattr(importlib.import_module(module), function)
 
@@ -115,7 +116,7 @@ def run_task(name: str, cfg: DictConfig) -> float | None:
     """Run the task `name` (train, eval, predict or export) on `cfg`. A user mistake ends the process with one
     ERROR line and exit status 1 instead of a traceback; Ctrl-C with status 130 and SIGTERM with 143
     (the run's own log says how to resume). Returns the `optimized_metric` for Hydra sweepers."""
-    task = _load_task(name)
+    task = load_task(name)
     _send_lightning_logs_to_hydra()  # after the import: importing Lightning adds its own handler
     with warnings.catch_warnings():
         for pattern in _QUIET_WARNINGS:

@@ -7,10 +7,8 @@ settings does not run the backbone again."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -23,12 +21,12 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from classifier.atomic import write_atomically
+from classifier.checkpoints import save_atomically
 from classifier.data.base import ClassificationDataModule
-from classifier.data.decoded import file_samples
+from classifier.data.decoded import digest_files, file_samples
 from classifier.data.memory import TensorImageDataset
 from classifier.errors import UserError
-from classifier.paths import cache_home, expand_path
+from classifier.paths import cache_home, expand_path, file_identity
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +75,7 @@ def dataset_fingerprint(dataset: Dataset) -> str | None:
     digest = hashlib.sha256()
     samples = file_samples(dataset)
     if samples is not None:
-        for path, label in samples:
-            stat = os.stat(path)
-            digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest_files(digest, samples)
         return digest.hexdigest()
     if isinstance(dataset, Subset):
         parent = dataset_fingerprint(dataset.dataset)
@@ -110,11 +106,8 @@ def weights_identity(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
         for key, value in model_cfg.items()
         if key not in ("num_classes", "freeze_backbone", "_target_")
     }
-    weights = model_cfg.get("weights")
-    if weights:
-        path = expand_path(weights)
-        stat = path.stat() if path.is_file() else None
-        identity["weights"] = [str(path.resolve()), stat and stat.st_size, stat and stat.st_mtime_ns]
+    if model_cfg.get("weights"):
+        identity["weights"] = file_identity(expand_path(model_cfg["weights"]))
     identity["timm"] = timm.__version__
     return identity
 
@@ -215,7 +208,5 @@ def split_features(
         len(labels) / max(seconds, 1e-9),
     )
     if path is not None:
-        buffer = io.BytesIO()
-        torch.save({"features": features, "labels": labels, "seconds": seconds, "split": split}, buffer)
-        write_atomically(buffer.getvalue(), path)
+        save_atomically({"features": features, "labels": labels, "seconds": seconds, "split": split}, path)
     return SplitFeatures(features, labels, seconds)

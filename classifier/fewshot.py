@@ -16,11 +16,12 @@ from typing import Any
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from classifier.atomic import write_atomically
-from classifier.data.numeric import to_number
+from classifier.cli import load_task
+from classifier.data.numeric import as_list, to_number
 from classifier.errors import UserError, first_line_of
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ OWN_KEYS = ("shots", "methods", "finetune", "probe", "zeroshot", "metric")
 
 
 def _shots(value: Any) -> list[int | None]:
-    values = list(value) if OmegaConf.is_list(value) or isinstance(value, list | tuple) else [value]
+    values = as_list(value)
     shots = [None if v is None else to_number(v, "shots", int) for v in values]
     if not shots or any(k is not None and k < 1 for k in shots):
         raise UserError(f"shots={values} needs one or more K >= 1 (null: every training image)")
@@ -46,7 +47,7 @@ def _shots(value: Any) -> list[int | None]:
 
 
 def _methods(value: Any) -> list[str]:
-    methods = list(value) if OmegaConf.is_list(value) or isinstance(value, list | tuple) else [value]
+    methods = as_list(value)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise UserError(f"methods={methods}: each must be one of {', '.join(METHODS)}")
@@ -83,20 +84,6 @@ def cell_config(task: str, overrides: list[str], output_dir: Path) -> DictConfig
     return cfg
 
 
-def _run(task: str, cfg: DictConfig) -> dict[str, float]:
-    if task == "zeroshot":
-        from classifier.zeroshot import zeroshot
-
-        return zeroshot(cfg)
-    if task == "probe":
-        from classifier.probing import probe
-
-        return probe(cfg)
-    from classifier.training import train
-
-    return train(cfg)
-
-
 def _cells(methods: list[str], shots: list[int | None], has_text_tower: bool) -> list[tuple[str, int | None]]:
     cells: list[tuple[str, int | None]] = []
     for method in methods:
@@ -112,7 +99,7 @@ def _cells(methods: list[str], shots: list[int | None], has_text_tower: bool) ->
 
 def _extra(cfg: DictConfig, key: str) -> list[str]:
     value = cfg.get(key) or []
-    return [str(v) for v in (value if OmegaConf.is_list(value) or isinstance(value, list) else [value])]
+    return [str(v) for v in as_list(value)]
 
 
 def fewshot(cfg: DictConfig) -> dict[str, float]:
@@ -133,7 +120,7 @@ def fewshot(cfg: DictConfig) -> dict[str, float]:
             overrides.append(f"data.shots_per_class={k}")
         log.info("fewshot: %s (%s.py %s)", name, task, " ".join(overrides))
         start = time.perf_counter()
-        metrics = _run(task, cell_config(task, overrides, output_dir / name))
+        metrics = load_task(task)(cell_config(task, overrides, output_dir / name))
         rows.append(
             {
                 "method": method,

@@ -15,3 +15,11 @@ def expand_path(value: str | os.PathLike) -> Path:
 def cache_home() -> Path:
     """$XDG_CACHE_HOME/classifier (~/.cache/classifier): what later runs on the same data reuse."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "classifier"
+
+
+def file_identity(path: str | os.PathLike) -> list:
+    """[resolved path, size, modification time in ns] of a file: what a cache keys a file by, so that
+    an entry is rebuilt when the file is replaced or edited (size and mtime None for a missing file)."""
+    path = Path(path)
+    stat = path.stat() if path.is_file() else None
+    return [str(path.resolve()), stat and stat.st_size, stat and stat.st_mtime_ns]

@@ -11,7 +11,6 @@ torch on the cached features: seconds for 50k images on a CPU.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -26,9 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from classifier.atomic import write_atomically
 from classifier.builders import build_datamodule, build_net, pretrained_input_overrides
-from classifier.checkpoints import BEST, RUN_KEY, run_metadata
+from classifier.calibration import mean_nll
+from classifier.checkpoints import BEST, RUN_KEY, run_metadata, save_atomically
 from classifier.data import ClassificationDataModule
-from classifier.data.numeric import to_flag, to_number
+from classifier.data.numeric import as_list, to_flag, to_number
 from classifier.devices import inference_device
 from classifier.errors import UserError
 from classifier.features import PooledFeatures, SplitFeatures, split_features, weights_identity
@@ -165,10 +165,9 @@ def probability_metrics(
     metrics = create_eval_metrics(num_classes)
     metrics.update(probabilities, labels)
     values = metrics.compute()
-    picked = probabilities.gather(1, labels[:, None]).squeeze(1)
-    nll = float(-picked.clamp_min(torch.finfo(torch.float32).tiny).log().mean())
     summary = {name: float(values[name]) for name in ("top1", "top5", "ece") if name in values}
     if with_nll:
+        nll = mean_nll(probabilities, labels)
         summary |= {"nll": nll, "loss": nll}
     confidences, predicted = probabilities.max(dim=1)
     bins = reliability_bins(confidences.numpy(), (predicted == labels).numpy(), ECE_BINS)
@@ -232,9 +231,7 @@ def probe_checkpoint(
 
 
 def _save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    write_atomically(buffer.getvalue(), path)
+    save_atomically(checkpoint, path)
     log.info("the backbone with the probe as its head: %s (eval.py, predict.py, export.py take it)", path)
 
 
@@ -250,8 +247,7 @@ def _settings(cfg: DictConfig) -> dict[str, Any]:
             raise UserError(f"knn.k={k} must be 1 or more and knn.temperature={temperature} above 0")
         return {"method": method, "k": k, "temperature": temperature}
     decays = cfg.linear.weight_decay
-    decays = list(decays) if OmegaConf.is_list(decays) or isinstance(decays, list | tuple) else [decays]
-    decays = [to_number(d, "linear.weight_decay") for d in decays]
+    decays = [to_number(d, "linear.weight_decay") for d in as_list(decays)]
     if not decays or any(d < 0 for d in decays):
         raise UserError(f"linear.weight_decay={decays} needs one or more values, none negative")
     return {

@@ -26,12 +26,12 @@ from omegaconf import DictConfig
 from torch import nn
 
 from classifier.builders import build_datamodule
-from classifier.data.numeric import to_flag
+from classifier.data.numeric import as_list, to_flag
 from classifier.devices import inference_device
 from classifier.errors import UserError, first_line_of
 from classifier.features import split_features
 from classifier.models.factory import use_hub_cache_when_offline
-from classifier.paths import expand_path
+from classifier.paths import expand_path, file_identity
 from classifier.probing import probability_metrics, write_probe_reports
 
 log = logging.getLogger(__name__)
@@ -160,10 +160,7 @@ def zero_shot_logits(
 
 
 def _templates(cfg: DictConfig) -> list[str]:
-    templates = cfg.get("templates")
-    if isinstance(templates, str):
-        templates = [templates]
-    templates = list(templates or [])
+    templates = as_list(cfg.get("templates") or [])
     if not templates:
         raise UserError("templates is empty: give one or more prompts with {} for the class name")
     for i, template in enumerate(templates):
@@ -257,4 +254,4 @@ def _weights_identity(name: str, weights: str | None) -> Any:
         files = sorted(p for p in Path(name.removeprefix("local-dir:")).iterdir() if p.is_file())
     if not files:
         return weights
-    return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return [file_identity(p) for p in files]

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,10 +48,16 @@ def cache_key(samples: list[tuple[str, int]], spec: InputSpec) -> str:
     """Names the decoded array: every file with its size and modification time, the side, the filter."""
     digest = hashlib.sha256()
     digest.update(json.dumps([CACHE_VERSION, spec.img_size, spec.interpolation]).encode())
+    digest_files(digest, samples)
+    return digest.hexdigest()[:32]
+
+
+def digest_files(digest: Any, samples: list[tuple[str, int]]) -> None:
+    """Adds each (path, label) with the file's size and modification time to `digest` (a hashlib
+    object): a cache keyed by it is rebuilt when any file changes."""
     for path, label in samples:
         stat = os.stat(path)
         digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:32]
 
 
 def geometry(spec: InputSpec) -> v2.Compose:

@@ -1,5 +1,5 @@
-"""Numeric and true/false config values, as Hydra passes them from a command line (32, '32', 'abc',
-true, 'maybe'), converted or refused in one line that names the key."""
+"""Numeric, true/false and one-or-many config values, as Hydra passes them from a command line
+(32, '32', 'abc', true, 'maybe', [1,4]), converted or refused in one line that names the key."""
 
 from __future__ import annotations
 
@@ -42,6 +42,14 @@ def to_numbers(values: object, key: str, count: int) -> tuple[float, ...]:
     if isinstance(values, str | bytes) or not isinstance(values, Sequence) or len(values) != count:
         raise UserError(f"{key}={values!r} must be a list of {count} numbers")
     return tuple(to_number(value, f"{key}[{i}]") for i, value in enumerate(values))
+
+
+def as_list(value: object) -> list:
+    """A config value that is one item or a list of them (a list, a tuple, Hydra's ListConfig) as a
+    list: `shots=4` and `shots=[1,4]` both work."""
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return list(value)
+    return [value]
 
 
 def _to_int(value: object) -> int:
