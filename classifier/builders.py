@@ -90,7 +90,7 @@ def build_datamodule(
 MODULE_MODEL_KEYS = ("freeze_backbone", "input_size", "open_clip")
 # resolve_precision's answer for trainer.precision=auto on a CPU with bf16 arithmetic
 CPU_BF16_TRAINING = "bf16-mixed training, 32-true evaluation"
-MODULE_OPTIMIZER_KEYS = ("layer_decay",)
+MODULE_OPTIMIZER_KEYS = ("layer_decay", "norm_lr_scale", "filter_bias_and_bn")
 
 
 def _without(cfg: DictConfig, keys: tuple[str, ...]) -> DictConfig:
@@ -129,6 +129,8 @@ def build_module(cfg: DictConfig, datamodule: ClassificationDataModule) -> Class
         class_weights=datamodule.loss_class_weights,
         freeze_backbone=bool(cfg.model.get("freeze_backbone")),
         layer_decay=cfg.optimizer.get("layer_decay"),
+        norm_lr_scale=cfg.optimizer.get("norm_lr_scale"),
+        filter_bias_and_bn=cfg.optimizer.get("filter_bias_and_bn", True),
     )
 
 

@@ -53,6 +53,8 @@ class ClassifierModule(L.LightningModule):
         freeze_backbone: train the head only (model.freeze_backbone): the backbone gets no
             gradients and its batch norms stay in eval mode.
         layer_decay: layer-wise learning-rate decay (optimizer.layer_decay), or None.
+        norm_lr_scale: learning-rate multiplier of normalisation layers (optimizer.norm_lr_scale).
+        filter_bias_and_bn: no weight decay on biases and norm parameters (optimizer.filter_bias_and_bn).
         channels_last: NHWC memory layout for the network and its inputs (faster convolutions on
             CPUs and tensor-core GPUs); 'auto': for convolutional networks.
         compile: `torch.compile` the network in place (same state_dict keys) when fitting starts.
@@ -70,6 +72,8 @@ class ClassifierModule(L.LightningModule):
         class_weights: Sequence[float] | None = None,
         freeze_backbone: bool = False,
         layer_decay: float | None = None,
+        norm_lr_scale: float | None = None,
+        filter_bias_and_bn: bool = True,
         channels_last: bool | str = "auto",
         compile: bool = False,
     ):
@@ -131,6 +135,19 @@ class ClassifierModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.hparams.compile:
             self.net.compile()  # in place: the state_dict keys stay those of the plain network
+
+    def on_fit_start(self) -> None:
+        # A network that initialises itself from data (speedrun_cnn's whitening stem) sees the
+        # training split through the eval transform once, before a fresh fit: not on resume (the
+        # checkpoint has its weights) nor over pretrained or given weights.
+        init_from_images = getattr(self.net, "init_from_images", None)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if init_from_images is None or datamodule is None or self.trainer.ckpt_path:
+            return
+        if self.hparams.pretrained_backbone:
+            return
+        device = self.device
+        init_from_images(images.to(device) for images, _ in datamodule.eval_loader("train"))
 
     def training_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy against class indices, or against soft targets (one probability per class)
@@ -276,7 +293,13 @@ class ClassifierModule(L.LightningModule):
         if self.optimizer_factory is None:
             raise UserError("no optimizer configured: set optimizer=adamw or optimizer=sgd")
         scale = self.hparams.pretrained_backbone_lr_scale if self.hparams.pretrained_backbone else 1.0
-        groups = param_groups(self.net, backbone_lr_scale=scale, layer_decay=self.hparams.layer_decay)
+        groups = param_groups(
+            self.net,
+            backbone_lr_scale=scale,
+            layer_decay=self.hparams.layer_decay,
+            norm_lr_scale=self.hparams.norm_lr_scale,
+            filter_bias_and_bn=self.hparams.filter_bias_and_bn,
+        )
         with config_errors("optimizer"):
             optimizer = self.optimizer_factory(params=groups, **self._fused_option())
         apply_lr_scales(optimizer)

@@ -13,44 +13,67 @@ from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 from classifier.errors import UserError
 from classifier.finetuning import head_parameter_ids, layer_ids
 
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
 
 def param_groups(
-    net: nn.Module, backbone_lr_scale: float = 1.0, layer_decay: float | None = None
+    net: nn.Module,
+    backbone_lr_scale: float = 1.0,
+    layer_decay: float | None = None,
+    norm_lr_scale: float | None = None,
+    filter_bias_and_bn: bool = True,
 ) -> list[dict]:
-    """Groups by (head or backbone) x (decayed or not) x layer. Biases, norm weights and the tokens
-    a timm model lists in `no_weight_decay()` get no weight decay. With `layer_decay`, a parameter
-    of layer i of n (timm's `group_matcher`, the head last) learns at layer_decay ** (n - 1 - i) x
-    lr (BEiT's layer-wise decay, as timm's `param_groups_layer_decay`). `lr_scale` is applied by
-    `apply_lr_scales`.
+    """Groups by (head or backbone) x (decayed or not) x (norm layer or not) x layer. Biases, norm
+    weights and the tokens a timm model lists in `no_weight_decay()` get no weight decay unless
+    `filter_bias_and_bn` is false (timm's switch of that name). With `layer_decay`, a parameter of
+    layer i of n (timm's `group_matcher`, the head last) learns at layer_decay ** (n - 1 - i) x lr
+    (BEiT's layer-wise decay, as timm's `param_groups_layer_decay`). With `norm_lr_scale`, the
+    parameters of normalisation layers learn at that multiple of lr and their weight decay is
+    divided by it, so that their decay per step (lr x weight_decay) stays the other weights'
+    (airbench's 64x BatchNorm bias rate). `lr_scale` and `wd_scale` are applied by `apply_lr_scales`.
 
     Frozen parameters are grouped too: the optimizer skips them while they get no gradient, and
     a callback that unfreezes them later finds them already scheduled.
     """
     head_ids = head_parameter_ids(net)
     skip_decay = set(net.no_weight_decay()) if hasattr(net, "no_weight_decay") else set()
+    if norm_lr_scale is not None and not norm_lr_scale > 0:
+        raise UserError(f"optimizer.norm_lr_scale={norm_lr_scale} must be positive")
+    norm_ids = {
+        id(p) for m in net.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)
+    }
     layers, top = {}, 0
     if layer_decay is not None:
         if not 0 < layer_decay <= 1:
             raise UserError(f"optimizer.layer_decay={layer_decay} must be in (0, 1]")
         layers = layer_ids(net, coarse=False, purpose="optimizer.layer_decay")
         top = max(layers.values(), default=0)
-    groups: dict[tuple[bool, bool, int], list[nn.Parameter]] = {}
+    groups: dict[tuple[bool, bool, bool, int], list[nn.Parameter]] = {}
     for name, param in net.named_parameters():
-        decay = param.ndim > 1 and name not in skip_decay
-        groups.setdefault((id(param) in head_ids, decay, layers.get(name, top)), []).append(param)
-    return [
-        {
+        decay = not filter_bias_and_bn or (param.ndim > 1 and name not in skip_decay)
+        is_norm = norm_lr_scale is not None and id(param) in norm_ids
+        key = (id(param) in head_ids, decay, is_norm, layers.get(name, top))
+        groups.setdefault(key, []).append(param)
+    result = []
+    for (is_head, decay, is_norm, layer), params in groups.items():
+        group = {
             "params": params,
             "lr_scale": (1.0 if is_head else backbone_lr_scale) * (layer_decay or 1.0) ** (top - layer),
-            **({} if decay else {"weight_decay": 0.0}),
         }
-        for (is_head, decay, layer), params in groups.items()
-    ]
+        if not decay:
+            group["weight_decay"] = 0.0
+        if is_norm:
+            group["lr_scale"] *= norm_lr_scale
+            group["wd_scale"] = 1.0 / norm_lr_scale
+        result.append(group)
+    return result
 
 
 def apply_lr_scales(optimizer: Optimizer) -> None:
     for group in optimizer.param_groups:
         group["lr"] *= group.get("lr_scale", 1.0)
+        if "weight_decay" in group:
+            group["weight_decay"] *= group.get("wd_scale", 1.0)
 
 
 def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
@@ -92,9 +115,14 @@ def one_cycle(
     pct_start: float = 0.25,
     div_factor: float = 25.0,
     final_div_factor: float = 1.0e4,
+    anneal_strategy: str = "cos",
+    cycle_momentum: bool = True,
 ) -> OneCycleLR:
     """Smith's one-cycle policy (torch's OneCycleLR) over the whole run, peaking at each group's lr;
-    momentum (AdamW's beta1) cycles inversely."""
+    with `cycle_momentum`, momentum (AdamW's beta1) cycles inversely. `anneal_strategy` 'linear'
+    makes it the triangle of the CIFAR speed runs (Page's ResNet-9, airbench)."""
+    if anneal_strategy not in ("cos", "linear"):
+        raise UserError(f"scheduler.anneal_strategy={anneal_strategy!r} is not one of cos, linear")
     max_lrs = [group["lr"] for group in optimizer.param_groups]
     return OneCycleLR(
         optimizer,
@@ -103,6 +131,8 @@ def one_cycle(
         pct_start=pct_start,
         div_factor=div_factor,
         final_div_factor=final_div_factor,
+        anneal_strategy=anneal_strategy,
+        cycle_momentum=cycle_momentum,
     )
 
 

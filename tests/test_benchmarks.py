@@ -54,9 +54,49 @@ def test_airbench_gets_the_same_images_in_its_own_format(small_cifar, tmp_path):
     speedrun_vs_airbench.write_airbench_tensors(small_cifar, tmp_path / "cifar10")
     train = torch.load(tmp_path / "cifar10" / "train.pt")
     assert train["images"].shape == (36, 32, 32, 3) and train["images"].dtype == torch.uint8
-    assert train["labels"].tolist() == [0] * 12 + [1] * 12 + [2] * 12
+    assert sorted(train["labels"].tolist()) == [0] * 12 + [1] * 12 + [2] * 12
+    assert train["labels"][:12].unique().numel() > 1  # shuffled: its first images are not one class
     assert train["classes"] == ["airplane", "automobile", "bird"]
     assert torch.load(tmp_path / "cifar10" / "test.pt")["images"].shape == (12, 32, 32, 3)
+
+
+AIRBENCH_UTILS_STUB = """
+import torch
+
+class CifarLoader:
+    def __init__(self, path, train=True, batch_size=500, gpu=0):
+        self.device = torch.device(gpu)
+
+def evaluate(model, loader, tta_level=0):
+    return 0.9412 if tta_level == 2 else 0.93
+
+def train94():
+    loader = CifarLoader("cifar10", train=True)
+    on_cpu = loader.device.type == "cpu"
+    if on_cpu:  # what --device cpu's patches give airbench's code
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record(), end.record(), torch.cuda.synchronize()
+        assert end.elapsed_time(start) <= 0 and torch.zeros(1).cuda().half().dtype == torch.float32
+    # airbench 0.1.8's table (utils.print_columns, values right-justified to their column's name):
+    # a header, a row per epoch, the 'eval' row last
+    names = ["run   ", "epoch", "train_loss", "train_acc", "val_acc", "tta_val_acc", "total_time_seconds"]
+    for values in (names, ["0", "1", "1.2345", "0.5", "0.6", "", "0.9"],
+                   ["", "eval", "0.5", "0.9", "0.93", "0.9412", "3.4567"]):
+        print("".join("|  %s  " % v.rjust(len(n)) for v, n in zip(values, names)) + "|")
+    return torch.nn.Linear(1, 1)
+"""
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_airbenchs_own_clock_and_tta_accuracy_are_read_from_its_run(tmp_path, monkeypatch, device):
+    package = tmp_path / "airbench"
+    package.mkdir()
+    (package / "utils.py").write_text(AIRBENCH_UTILS_STUB)
+    (package / "__init__.py").write_text("from .utils import CifarLoader, evaluate, train94\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    result = speedrun_vs_airbench.run_airbench(tmp_path, device)
+    assert result["seconds"] == 3.4567 and result["test_top1"] == 0.9412
+    assert result["call_s"] > 0 and result["command_s"] >= result["call_s"]
 
 
 def test_the_tutorial_loop_trains_and_scores_the_test_folder(small_cifar):

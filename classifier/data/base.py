@@ -500,7 +500,7 @@ class ClassificationDataModule(L.LightningDataModule):
     def batch_augment(self) -> BatchAugment:
         spec = self.input_spec
         return BatchAugment(
-            padding=max(1, spec.img_size // 8) if self.augment.crop else 0,
+            padding=self.augment.crop_padding(spec.img_size),
             flip=bool(self.hflip and self.augment.hflip),
             erasing=float(self.augment.erasing),
             mean=spec.mean,

@@ -94,6 +94,8 @@ class Augment:
         AutoAugment: the CIFAR-10 policy for small images, ImageNet's for photos).
     color_jitter: brightness, contrast and saturation strength (0: off).
     erasing: probability of random erasing (a box set to the mean colour) per image.
+    padding: reflect padding of the pad-and-crop of small images, in pixels (None: a side/8, 4 at
+        32 px as torchvision's CIFAR recipes; airbench shifts by 2).
     """
 
     crop: bool = True
@@ -103,6 +105,7 @@ class Augment:
     magnitude: int = 9
     color_jitter: float = 0.0
     erasing: float = 0.0
+    padding: int | None = None
 
     def __post_init__(self) -> None:
         if self.policy is not None and self.policy not in POLICIES:
@@ -112,9 +115,17 @@ class Augment:
             raise UserError(f"augment.magnitude={self.magnitude} must be in 0..10 (timm's RandAugment scale)")
         if self.num_ops < 0:
             raise UserError(f"augment.num_ops={self.num_ops} must be 0 or more")
+        if self.padding is not None and (not isinstance(self.padding, int) or self.padding < 1):
+            raise UserError(f"augment.padding={self.padding!r} must be a whole number of pixels, 1 or more")
         for key in ("color_jitter", "erasing"):
             if not 0 <= getattr(self, key) <= 1:
                 raise UserError(f"augment.{key}={getattr(self, key)} must be in [0, 1]")
+
+    def crop_padding(self, size: int) -> int:
+        """The pad-and-crop's padding for images of side `size` (0: no crop)."""
+        if not self.crop:
+            return 0
+        return self.padding if self.padding is not None else max(1, size // 8)
 
     @classmethod
     def from_config(cls, config: Mapping | None) -> Augment:
@@ -187,7 +198,7 @@ def create_train_transform(
         # Resize is a no-op when images already have the side length (CIFAR at 32 px).
         steps = [
             v2.Resize(size, interpolation=interpolation, antialias=True),
-            v2.RandomCrop(size, padding=max(1, size // 8), padding_mode="reflect"),
+            v2.RandomCrop(size, padding=augment.crop_padding(size), padding_mode="reflect"),
         ]
     elif crop == "resized":
         steps = [
