@@ -77,7 +77,7 @@ bench: $(STAMP) $(CIFAR10_JPG)  ## speed on this machine: train.py vs a plain lo
 bench-tutorial: $(STAMP) $(CIFAR10_JPG)  ## train.py vs the tutorial loop a user writes, 1, 2 and 5 epochs, whole commands
 	$(BIN)/python benchmarks/vs_tutorial.py --data $(CIFAR10_JPG) $(ARGS)
 
-bench-speedrun: $(STAMP) $(CIFAR10_JPG)  ## GPU: experiment=cifar10_speedrun vs airbench94 side by side (pip install airbench)
+bench-speedrun: $(STAMP) $(CIFAR10_JPG)  ## GPU: experiment=cifar10_speedrun vs airbench94 side by side (pip install airbench); no GPU: ARGS="--device cpu --runs 1"
 	$(BIN)/python benchmarks/speedrun_vs_airbench.py --data $(CIFAR10_JPG) $(ARGS)
 
 clean:
