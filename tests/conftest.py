@@ -288,3 +288,16 @@ def ready(datamodule):
     datamodule.prepare_data()
     datamodule.setup()
     return datamodule
+
+
+def schedule_trainer(total_steps: int, batches_per_epoch: int, max_epochs: int):
+    """What configure_optimizers reads of the trainer, to build a run's schedule without one."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        estimated_stepping_batches=total_steps,
+        num_training_batches=batches_per_epoch,
+        accumulate_grad_batches=1,
+        max_epochs=max_epochs,
+        max_steps=-1,
+    )

@@ -12,7 +12,7 @@ import timm
 import timm.optim
 import torch
 import torch.nn.functional as F
-from conftest import RECORD, REPO, BatchRecorder, write_cifar_batches
+from conftest import RECORD, REPO, BatchRecorder, schedule_trainer, write_cifar_batches
 from timm.loss import SoftTargetCrossEntropy
 
 from classifier.builders import build_module, precision_arguments, resolve_precision
@@ -333,13 +333,7 @@ def test_schedules_follow_their_shape(compose_train, scheduler):
         f"scheduler={scheduler}", "scheduler.step_epochs=2" if scheduler == "step" else "seed=1"
     )
     module = build_module(cfg, build_datamodule(cfg.data))
-    module.trainer = SimpleNamespace(
-        estimated_stepping_batches=100,
-        num_training_batches=10,
-        accumulate_grad_batches=1,
-        max_epochs=10,
-        max_steps=-1,
-    )
+    module.trainer = schedule_trainer(100, batches_per_epoch=10, max_epochs=10)
     config = module.configure_optimizers()
     optimizer, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
     lrs = []

@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ready, write_image_folder
+from conftest import ready, schedule_trainer, write_image_folder
 from torch import nn
 from torchvision.transforms import v2
 
@@ -146,13 +146,7 @@ def test_the_speedrun_experiment_trains_with_airbenchs_schedule_and_groups(compo
     )
     module = build_module(cfg, data)
     total = 470  # 10 epochs of 47 batches of 1,024 of the 49,000 training images
-    module.trainer = SimpleNamespace(
-        estimated_stepping_batches=total,
-        num_training_batches=47,
-        accumulate_grad_batches=1,
-        max_epochs=10,
-        max_steps=-1,
-    )
+    module.trainer = schedule_trainer(total, batches_per_epoch=47, max_epochs=10)
     config = module.configure_optimizers()
     optimizer, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
     weights_group = next(g for g in optimizer.param_groups if g["lr"] == pytest.approx(0.3))
