@@ -56,7 +56,7 @@ print(json.dumps({"seconds": own_clock, "call_s": seconds, "test_top1": accuracy
 """
 
 
-# Prepended to AIRBENCH_RUN for --device cpu: airbench 0.1.8 calls .cuda() and .half() on its
+# Run before AIRBENCH_RUN for --device cpu: airbench 0.1.8 calls .cuda() and .half() on its
 # network and data, loads its tensors to cuda:0 and times with CUDA events.
 CPU_PATCHES = r"""
 import time, torch, airbench.utils
@@ -111,11 +111,7 @@ def write_airbench_tensors(data: Path, folder: Path) -> None:
 
 
 def run_airbench(workdir: Path, device: str = "cuda") -> dict:
-    code = (
-        AIRBENCH_RUN
-        if device == "cuda"
-        else AIRBENCH_RUN.replace("import contextlib", CPU_PATCHES + "\nimport contextlib", 1)
-    )
+    code = AIRBENCH_RUN if device == "cuda" else CPU_PATCHES + AIRBENCH_RUN
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, check=True

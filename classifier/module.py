@@ -142,12 +142,11 @@ class ClassifierModule(L.LightningModule):
         # checkpoint has its weights) nor over pretrained or given weights.
         init_from_images = getattr(self.net, "init_from_images", None)
         datamodule = getattr(self.trainer, "datamodule", None)
-        if init_from_images is None or datamodule is None or self.trainer.ckpt_path:
+        if init_from_images is None or datamodule is None:
             return
-        if self.hparams.pretrained_backbone:
+        if self.trainer.ckpt_path or self.hparams.pretrained_backbone:
             return
-        device = self.device
-        init_from_images(images.to(device) for images, _ in datamodule.eval_loader("train"))
+        init_from_images(images.to(self.device) for images, _ in datamodule.eval_loader("train"))
 
     def training_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy against class indices, or against soft targets (one probability per class)

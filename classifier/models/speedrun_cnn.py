@@ -22,13 +22,14 @@ WIDTHS = (64, 256, 256)
 WHITENING_EPS = 5e-4  # airbench's: added to the patch covariance's eigenvalues
 
 
-def dirac_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
-    """A bias-free 3x3 conv whose first `in_channels` filters start as the identity (airbench's
-    Conv): the group passes its input through at initialisation, which deep nets without skip
-    connections need to start training fast."""
+def conv3x3(in_channels: int, out_channels: int, dirac: bool) -> nn.Conv2d:
+    """A bias-free 3x3 conv; with `dirac`, its first `in_channels` filters start as the identity
+    (airbench's Conv): the group passes its input through at initialisation, which deep nets
+    without skip connections need to start training fast."""
     conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
-    with torch.no_grad():
-        nn.init.dirac_(conv.weight[: min(in_channels, out_channels)])
+    if dirac:
+        with torch.no_grad():
+            nn.init.dirac_(conv.weight[: min(in_channels, out_channels)])
     return conv
 
 
@@ -45,13 +46,12 @@ class ConvGroup(nn.Sequential):
     def __init__(
         self, in_channels: int, out_channels: int, momentum: float = 0.4, airbench_init: bool = True
     ):
-        conv = dirac_conv if airbench_init else (lambda i, o: nn.Conv2d(i, o, 3, padding=1, bias=False))
         super().__init__(
-            conv(in_channels, out_channels),
+            conv3x3(in_channels, out_channels, dirac=airbench_init),
             nn.MaxPool2d(2),
             batch_norm(out_channels, momentum, airbench_init),
             nn.GELU(),
-            conv(out_channels, out_channels),
+            conv3x3(out_channels, out_channels, dirac=airbench_init),
             batch_norm(out_channels, momentum, airbench_init),
             nn.GELU(),
         )
