@@ -43,9 +43,9 @@ import train_throughput  # noqa: E402
 
 from classifier.data import CIFAR10DataModule  # noqa: E402
 from classifier.data.base import default_num_workers  # noqa: E402
-from classifier.model_card import cpu_inference_speed, hardware, software  # noqa: E402
+from classifier.engine.precision import cpu_computes_bf16  # noqa: E402
+from classifier.evaluation.machine import cpu_inference_speed, hardware, software  # noqa: E402
 from classifier.models import create_model  # noqa: E402
-from classifier.precision import cpu_computes_bf16  # noqa: E402
 
 SECTIONS = ("train", "pipeline", "inference", "startup", "scaling")
 INFERENCE_MODELS = {"scratch_cnn": 32, "resnet18": 224, "resnet50": 224, "vit_small_patch16_224": 224}

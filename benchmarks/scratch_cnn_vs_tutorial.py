@@ -27,7 +27,7 @@ from tutorial_loop import TutorialCNN  # noqa: E402  (the network of the loop a 
 from classifier.data import CIFAR10DataModule  # noqa: E402
 from classifier.data.base import Transformed  # noqa: E402
 from classifier.models import ScratchCNN  # noqa: E402
-from classifier.optim import warmup_cosine  # noqa: E402
+from classifier.optim.schedulers import warmup_cosine  # noqa: E402
 
 
 def train_and_test(

@@ -9,7 +9,6 @@ and timm load (seconds), and the task's module is imported once the config is co
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import re
@@ -24,19 +23,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from classifier.errors import CTRL_C_EXIT, SIGTERM_EXIT, RunInterrupted, describe_user_error
+from classifier.tasks import load_task
 
 log = logging.getLogger("classifier")
 
-# task name -> "module:function", imported only when the task runs.
-TASKS = {
-    "train": "classifier.training:train",
-    "eval": "classifier.training:evaluate",
-    "predict": "classifier.prediction:predict",
-    "export": "classifier.export:export",
-    "probe": "classifier.probing:probe",
-    "zeroshot": "classifier.zeroshot:zeroshot",
-    "fewshot": "classifier.fewshot:fewshot",
-}
 
 _QUIET_WARNINGS = (
     r".*does not have many workers.*",  # in-memory data: workers would only slow it down
@@ -45,7 +35,7 @@ _QUIET_WARNINGS = (
     # Epoch metrics come from torchmetrics, which already reduces them across processes.
     r".*sync_dist=True\)` when logging on epoch level in distributed setting.*",
     # After a stop mid-epoch the resumed epoch runs its remaining batches on a new shuffle; the
-    # resume line says so (classifier.callbacks.RunMetadata).
+    # resume line says so (classifier.callbacks.checkpointing.RunMetadata).
     r".*resuming from a checkpoint that ended before the epoch ended.*",
     r".*Checkpoint directory .* exists and is not empty.*",  # a resumed run's, or resume=false's
     # bf16 training steps on the CPU (classifier/precision.py): the summary's size is of float32 weights
@@ -97,12 +87,6 @@ def _fail(message: str) -> None:
         sweep = HydraConfig.get().sweep.dir
         raise JobFailed(f"job {HydraConfig.get().job.num} failed: {message} (summary: {sweep}/summary.md)")
     sys.exit(1)
-
-
-def load_task(name: str) -> Callable[[DictConfig], dict[str, float]]:
-    """The function of task `name` (TASKS), its module imported now."""
-    module, function = TASKS[name].split(":")
-    return getattr(importlib.import_module(module), function)
 
 
 def _is_sigterm(exc: SystemExit) -> bool:
@@ -174,11 +158,11 @@ def installed_command(task: str) -> Callable[[], None]:
     return command
 
 
-# pyproject.toml's [project.scripts] point at these.
-train = installed_command("train")
-evaluate = installed_command("eval")
-predict = installed_command("predict")
-export = installed_command("export")
-probe = installed_command("probe")
-zeroshot = installed_command("zeroshot")
-fewshot = installed_command("fewshot")
+# pyproject.toml's [project.scripts] point at these (named apart from the task functions they run).
+train_command = installed_command("train")
+eval_command = installed_command("eval")
+predict_command = installed_command("predict")
+export_command = installed_command("export")
+probe_command = installed_command("probe")
+zeroshot_command = installed_command("zeroshot")
+fewshot_command = installed_command("fewshot")

@@ -150,7 +150,7 @@ def write_cifar_batches(
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory) -> tuple[Path, dict[str, float]]:
     """The default `python train.py` (digits, scratch_cnn, 10 epochs): run directory and metrics."""
-    from classifier.training import train
+    from classifier.tasks.train import train
 
     output_dir = tmp_path_factory.mktemp("digits_run")
     cfg = compose_config("train", output_dir)
@@ -163,7 +163,7 @@ def digits_run(tmp_path_factory) -> tuple[Path, dict[str, float]]:
 def small_digits_run(tmp_path_factory) -> tuple[Path, dict[str, float]]:
     """A cheap trained run for the fast tests: digits, a narrow scratch_cnn, one epoch of 10 batches,
     evaluated on the whole val and test splits, no logger. Run directory and metrics."""
-    from classifier.training import train
+    from classifier.tasks.train import train
 
     output_dir = tmp_path_factory.mktemp("small_digits_run")
     cfg = compose_config(
@@ -236,7 +236,7 @@ def recorders() -> Iterator[list[BatchRecorder]]:
 def recomputed_metrics(ckpt_path: Path) -> dict[str, float]:
     """top1, top5 (5+ classes) and loss of a checkpoint on every held-out split, computed here in
     plain torch over the whole split: what metrics.json should say, by other code than the run's."""
-    from classifier.builders import load_run
+    from classifier.engine.from_checkpoint import load_run
 
     module, datamodule = load_run(str(ckpt_path))
     module.eval()

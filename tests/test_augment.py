@@ -13,11 +13,11 @@ from PIL import Image
 from timm.data.auto_augment import RandAugment as TimmRandAugment
 from torchvision.transforms import v2
 
-from classifier.builders import build_datamodule
 from classifier.data import DigitsDataModule
 from classifier.data.transforms import Augment, InputSpec, create_train_transform
+from classifier.engine.build import build_datamodule
 from classifier.errors import describe_user_error
-from classifier.training import train
+from classifier.tasks.train import train
 
 PRESETS = ["none", "basic", "strong", "randaugment", "trivialaugment", "autoaugment"]
 

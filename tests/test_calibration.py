@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from conftest import compose_config
 
-from classifier.builders import load_run
-from classifier.calibration import calibration_of, fit_temperature, temperature_effect
-from classifier.checkpoints import TEMPERATURE_KEY
+from classifier.engine.from_checkpoint import load_run
 from classifier.errors import UserError
-from classifier.training import CALIBRATED_CHECKPOINT, evaluate
-from classifier.tta import TestTimeAugmentation, corner_crops, shifted
+from classifier.evaluation.calibration import calibration_of, fit_temperature, temperature_effect
+from classifier.evaluation.tta import TestTimeAugmentation, corner_crops, shifted
+from classifier.run.checkpoints import TEMPERATURE_KEY
+from classifier.tasks.evaluate import CALIBRATED_CHECKPOINT, evaluate
 
 
 def scaled_logits(scale: float, n: int = 4000, classes: int = 5, seed: int = 0):

@@ -26,7 +26,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from PIL import Image
 
-from classifier.builders import (
+from classifier.engine.build import (
     build_datamodule,
     build_module,
     build_net,
@@ -34,7 +34,7 @@ from classifier.builders import (
     pretrained_input_overrides,
 )
 from classifier.errors import UserError
-from classifier.training import train
+from classifier.tasks.train import train
 
 DATA = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
 # dinov2_b and clip_b16 differ from dinov2_s and clip_b32 only in size: a forward pass of each of those
@@ -177,7 +177,7 @@ def test_every_trainer_config_builds_its_trainer(trainer, tmp_path, monkeypatch)
     monkeypatch.setattr("lightning.fabric.accelerators.cuda.num_cuda_devices", lambda: gpus)
     monkeypatch.setattr("lightning.pytorch.accelerators.cuda.num_cuda_devices", lambda: gpus)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)  # an Ampere or newer GPU
-    monkeypatch.setattr("classifier.builders.cpu_computes_bf16", lambda: False)  # test_recipes: with
+    monkeypatch.setattr("classifier.engine.precision.cpu_computes_bf16", lambda: False)  # test_recipes: with
     # Trainer(benchmark=...) sets this global
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
     built = build_trainer(cfg, with_loggers=False)

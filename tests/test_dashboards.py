@@ -11,9 +11,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from classifier.checkpoints import TEMPERATURE_KEY
-from classifier.dashboards import Dashboards, denormalize
-from classifier.training import train
+from classifier.callbacks.dashboards import Dashboards, denormalize
+from classifier.run.checkpoints import TEMPERATURE_KEY
+from classifier.tasks.train import train
 
 
 def tensorboard_images(run_dir) -> dict[str, list[int]]:

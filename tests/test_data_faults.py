@@ -332,7 +332,7 @@ def test_paths_expand_home_and_environment_variables(tmp_path, monkeypatch):
 
 
 def test_csv_keys_and_numeric_mistakes_from_the_command_line(compose_train, tmp_path):
-    from classifier.builders import build_datamodule
+    from classifier.engine.build import build_datamodule
     from classifier.errors import describe_user_error
 
     rows = write_csv_images(tmp_path)

@@ -9,7 +9,8 @@ import torch
 from conftest import compose_config, write_image_folder
 
 from classifier.errors import UserError
-from classifier.training import evaluate, train
+from classifier.tasks.evaluate import evaluate
+from classifier.tasks.train import train
 
 
 def test_eval_reproduces_the_training_metrics(small_digits_run, tmp_path):

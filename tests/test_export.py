@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import compose_config
 
-from classifier.builders import load_run
+from classifier.engine.from_checkpoint import load_run
 from classifier.errors import UserError
-from classifier.export import export
+from classifier.tasks.export import export
 
 
 def run_export(tmp_path, *overrides):

@@ -19,13 +19,14 @@ from conftest import CONF_DIR, compose_config, write_image_folder
 from sklearn.linear_model import LogisticRegression
 from torch.utils.data import DataLoader
 
-from classifier import features as features_module
-from classifier.builders import build_datamodule
 from classifier.data import DigitsDataModule, ImageFolderDataModule
 from classifier.data.base import Transformed
+from classifier.engine.build import build_datamodule
 from classifier.errors import UserError
-from classifier.features import compute_features
-from classifier.probing import fit_linear_probe, fit_logistic_regression, knn_probabilities, probe
+from classifier.foundation import features as features_module
+from classifier.foundation.features import compute_features
+from classifier.foundation.probes import fit_linear_probe, fit_logistic_regression, knn_probabilities
+from classifier.tasks.probe import probe
 
 PROBE = ["device=cpu", "model=scratch_cnn", "data=digits"]
 
@@ -188,7 +189,7 @@ def test_probe_metrics_are_those_of_the_features_and_the_reports_are_written(tmp
     knn, details = run_probe(tmp_path, "knn", "method=knn", "knn.k=5")
     datamodule = build_datamodule(compose_config("probe", tmp_path, PROBE, quiet=False).data)
     torch.manual_seed(42)  # probe.py seeds with seed=42 before building the same random network
-    from classifier.features import PooledFeatures
+    from classifier.foundation.features import PooledFeatures
     from classifier.models import create_model
 
     encoder = PooledFeatures(create_model("scratch_cnn", num_classes=10))
@@ -220,7 +221,7 @@ def test_probe_metrics_are_those_of_the_features_and_the_reports_are_written(tmp
     assert details["chosen_weight_decay"] == 1e-2 and "test/nll" in linear
 
     # the backbone with the probe folded into its head, as a train.py checkpoint: eval.py agrees
-    from classifier.training import evaluate
+    from classifier.tasks.evaluate import evaluate
 
     ckpt = tmp_path / "linear" / "checkpoints" / "best.ckpt"
     evaluated = evaluate(compose_config("eval", tmp_path / "eval", [f"ckpt_path={ckpt}"]))
@@ -244,7 +245,7 @@ def test_probe_settings_are_checked(tmp_path, overrides, message):
 
 
 def test_foundation_model_configs_take_their_weights_input_settings(compose_train):
-    from classifier.builders import pretrained_input_overrides
+    from classifier.engine.build import pretrained_input_overrides
 
     cfg = compose_train("model=dinov2_s", "data=imagefolder", "data.root=x")
     spec = pretrained_input_overrides(cfg.data, cfg.model)
@@ -312,7 +313,8 @@ def tiny_clip(tmp_path) -> Path:
 def test_zero_shot_averages_one_text_embedding_per_class_and_predicts_the_most_similar(tmp_path, tiny_clip):
     import open_clip
 
-    from classifier.zeroshot import ImageTower, class_text_embeddings, zeroshot
+    from classifier.foundation.clip import ImageTower, class_text_embeddings
+    from classifier.tasks.zeroshot import zeroshot
 
     templates = ["a photo of a {}.", "a drawing of the digit {}."]
     cfg = compose_config(
@@ -345,7 +347,7 @@ def test_zero_shot_averages_one_text_embedding_per_class_and_predicts_the_most_s
 
 
 def test_zero_shot_mistakes_end_in_one_line(tmp_path):
-    from classifier.zeroshot import zeroshot
+    from classifier.tasks.zeroshot import zeroshot
 
     def run(*overrides):
         zeroshot(compose_config("zeroshot", tmp_path, ["device=cpu", *overrides], quiet=False))
@@ -370,7 +372,7 @@ def test_fewshot_writes_the_table_of_its_runs(tmp_path, caplog):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from classifier.fewshot import fewshot
+    from classifier.tasks.fewshot import fewshot
 
     caplog.set_level(logging.INFO, logger="classifier")
     overrides = [

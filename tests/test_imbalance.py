@@ -14,9 +14,9 @@ from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
 from torch.utils.data import WeightedRandomSampler
 
-from classifier.builders import build_datamodule
 from classifier.data.base import ClassificationDataModule, Splits
 from classifier.data.memory import TensorImageDataset
+from classifier.engine.build import build_datamodule
 from classifier.errors import UserError, describe_user_error
 
 DATA_CONFIGS = ["cifar10", "cifar100", "csv", "digits", "imagefolder"]
@@ -93,7 +93,7 @@ def test_bad_class_weights_fail_at_construction(value, message):
 
 
 def test_class_weights_from_the_command_line_reach_the_runs_loss(compose_train, tmp_path):
-    from classifier.builders import build_module
+    from classifier.engine.build import build_module
 
     root = tmp_path / "imbalanced"
     for name, count in (("cat", 18), ("dog", 2), ("fox", 4)):

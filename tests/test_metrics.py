@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from classifier.module import ClassifierModule
+from classifier.engine.module import ClassifierModule
 
 
 class FixedLogits(nn.Module):
@@ -33,8 +33,8 @@ def test_train_top1_is_micro_averaged_like_val_and_test():
 
 
 def test_ece_and_reliability_bins_match_a_hand_computation():
-    from classifier.metrics import ECE_BINS
-    from classifier.reports import expected_calibration_error, reliability_bins
+    from classifier.evaluation.metrics import ECE_BINS
+    from classifier.evaluation.reports import expected_calibration_error, reliability_bins
 
     # Four images, top-1 probabilities 0.9 (right), 0.9 (wrong), 0.6 (right), 0.35 (right):
     # bins [0.867, 0.933): accuracy 0.5, confidence 0.9; [0.6, 0.667): 1.0 vs 0.6; [0.333, 0.4): 1.0 vs 0.35.

@@ -11,8 +11,8 @@ import yaml
 from conftest import compose_config
 from torch import nn
 
-from classifier.model_card import cpu_inference_speed
-from classifier.training import evaluate
+from classifier.evaluation.machine import cpu_inference_speed
+from classifier.tasks.evaluate import evaluate
 
 
 class Sleepy(nn.Module):

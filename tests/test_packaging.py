@@ -40,7 +40,7 @@ def test_wheel_ships_the_configs_and_trains_outside_the_repo(tmp_path):
     script = (
         "import sys, classifier; print(classifier.__file__);"
         "sys.argv = ['classifier-train', 'trainer=debug', 'logger=none', f'hydra.run.dir={sys.argv[1]}'];"
-        "from classifier.cli import train; train()"
+        "from classifier.cli import train_command; train_command()"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
     result = subprocess.run(

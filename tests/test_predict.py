@@ -14,13 +14,13 @@ from conftest import compose_config, write_image_folder
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from classifier.builders import load_run
 from classifier.data.transforms import InputSpec, create_eval_transform
+from classifier.engine.from_checkpoint import load_run
 from classifier.errors import UserError
-from classifier.gradcam import crop_box, gradcam_maps, heat_on_image
+from classifier.evaluation.gradcam import crop_box, gradcam_maps, heat_on_image
 from classifier.models import create_model
-from classifier.prediction import find_images, predict
-from classifier.training import train
+from classifier.tasks.predict import find_images, predict
+from classifier.tasks.train import train
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from classifier.training import train
+from classifier.tasks.train import train
 
 pytestmark = pytest.mark.slow
 

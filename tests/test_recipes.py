@@ -15,15 +15,17 @@ import torch.nn.functional as F
 from conftest import RECORD, REPO, BatchRecorder, schedule_trainer, write_cifar_batches
 from timm.loss import SoftTargetCrossEntropy
 
-from classifier.builders import build_module, precision_arguments, resolve_precision
-from classifier.ema import warmup_decay
+from classifier.callbacks.ema import warmup_decay
+from classifier.callbacks.finetuning import GradualUnfreeze
+from classifier.callbacks.mixing import MixupCutMix
+from classifier.engine.build import build_module
+from classifier.engine.module import ClassifierModule
+from classifier.engine.precision import precision_arguments, resolve_precision
 from classifier.errors import UserError
-from classifier.finetuning import GradualUnfreeze, backbone_blocks
-from classifier.mixing import MixupCutMix
 from classifier.models import ScratchCNN, create_model
-from classifier.module import ClassifierModule
-from classifier.optim import apply_lr_scales, param_groups
-from classifier.training import train
+from classifier.models.structure import backbone_blocks
+from classifier.optim.param_groups import apply_lr_scales, param_groups
+from classifier.tasks.train import train
 
 SHORT = [
     "trainer.limit_train_batches=3",
@@ -186,7 +188,7 @@ def test_ema_validates_with_averaged_weights_saves_them_and_resumes_them_exactly
             )
 
     # best.ckpt holds averaged weights, and eval-style loading sees those (not the live ones)
-    from classifier.builders import load_run
+    from classifier.engine.from_checkpoint import load_run
 
     best = torch.load(tmp_path / "whole/checkpoints/best.ckpt", weights_only=True)
     module, _ = load_run(str(tmp_path / "whole/checkpoints/best.ckpt"))
@@ -228,7 +230,7 @@ def test_a_frozen_backbone_gets_no_gradient_and_keeps_its_batch_norm_statistics(
         "logger=none",
         "+callbacks.record._target_=test_recipes.FrozenState",
     )
-    from classifier.builders import build_datamodule
+    from classifier.engine.build import build_datamodule
 
     datamodule = build_datamodule(cfg.data)
     L.seed_everything(cfg.seed)  # as train() does: the same initial weights
@@ -313,7 +315,7 @@ def test_layer_decay_and_backbone_scale_multiply_and_frozen_parameters_are_group
     [("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD), ("lion", timm.optim.Lion)],
 )
 def test_each_optimizer_config_builds_its_optimizer_with_layer_decay(compose_train, option, optimizer_type):
-    from classifier.builders import build_datamodule
+    from classifier.engine.build import build_datamodule
 
     cfg = compose_train(f"optimizer={option}", "optimizer.layer_decay=0.5", "scheduler=none")
     module = build_module(cfg, build_datamodule(cfg.data))
@@ -327,7 +329,7 @@ def test_each_optimizer_config_builds_its_optimizer_with_layer_decay(compose_tra
 
 @pytest.mark.parametrize("scheduler", ["onecycle", "step"])
 def test_schedules_follow_their_shape(compose_train, scheduler):
-    from classifier.builders import build_datamodule
+    from classifier.engine.build import build_datamodule
 
     cfg = compose_train(
         f"scheduler={scheduler}", "scheduler.step_epochs=2" if scheduler == "step" else "seed=1"
@@ -365,7 +367,7 @@ def test_drop_path_and_dropout_reach_timm_models_and_unsupported_ones_fail_in_on
 
 
 def test_precision_auto_is_bf16_on_new_gpus_16_on_old_ones_and_32_on_cpu(monkeypatch):
-    monkeypatch.setattr("classifier.builders.cpu_computes_bf16", lambda: False)
+    monkeypatch.setattr("classifier.engine.precision.cpu_computes_bf16", lambda: False)
     assert resolve_precision("auto", "cpu") == "32-true"
     assert resolve_precision("16-mixed", "gpu") == "16-mixed"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -377,7 +379,7 @@ def test_precision_auto_is_bf16_on_new_gpus_16_on_old_ones_and_32_on_cpu(monkeyp
 
 
 def test_a_cpu_with_bf16_arithmetic_trains_in_bf16_and_evaluates_in_float32(monkeypatch):
-    monkeypatch.setattr("classifier.builders.cpu_computes_bf16", lambda: True)
+    monkeypatch.setattr("classifier.engine.precision.cpu_computes_bf16", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     arguments = precision_arguments("auto", "auto")
     (plugin,) = arguments["plugins"]
@@ -417,7 +419,7 @@ def test_gradient_accumulation_and_clipping_reach_the_trainer(compose_train):
         "callbacks=[]",
         "trainer.enable_checkpointing=false",
     )
-    from classifier.builders import build_datamodule, build_trainer
+    from classifier.engine.build import build_datamodule, build_trainer
 
     datamodule = build_datamodule(cfg.data)
     module = build_module(cfg, datamodule)
@@ -488,7 +490,7 @@ def test_each_experiment_composes_and_runs_a_fast_dev_run(
 
 
 def test_torch_optimizers_take_their_fused_kernel_on_a_gpu_unless_configured(compose_train):
-    from classifier.builders import build_datamodule
+    from classifier.engine.build import build_datamodule
 
     for option, expected in [("adamw", {"fused": True}), ("sgd", {"fused": True}), ("lion", {})]:
         cfg = compose_train(f"optimizer={option}")

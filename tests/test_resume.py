@@ -19,7 +19,7 @@ import torch
 from conftest import REPO, BatchRecorder
 
 from classifier.errors import UserError
-from classifier.training import train
+from classifier.tasks.train import train
 
 SHORT = [
     "trainer.limit_train_batches=3",

@@ -10,8 +10,8 @@ import time
 import pytest
 from conftest import hydra_job_logging
 
-from classifier.callbacks import seconds_since_process_start
-from classifier.training import train
+from classifier.callbacks.progress import seconds_since_process_start
+from classifier.tasks.train import train
 
 
 def test_a_run_logs_its_speed_and_how_long_it_took_to_start(compose_train, tmp_path):
@@ -54,7 +54,7 @@ def resident_mib() -> float:
 
 
 def test_peak_memory_is_this_processs_and_covers_what_it_holds():
-    from classifier.model_card import peak_resident_mib
+    from classifier.evaluation.machine import peak_resident_mib
 
     before = resident_mib()
     # 300 MiB of fresh pages, touched so that they are resident. An anonymous mmap, not a bytearray:

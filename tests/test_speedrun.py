@@ -14,14 +14,14 @@ from conftest import ready, schedule_trainer, write_image_folder
 from torch import nn
 from torchvision.transforms import v2
 
-from classifier.builders import build_module
+from classifier.callbacks.ema import Lookahead
 from classifier.data import ImageFolderDataModule
-from classifier.ema import Lookahead
+from classifier.engine.build import build_module
+from classifier.engine.module import ClassifierModule
 from classifier.errors import UserError
 from classifier.models import create_model
 from classifier.models.speedrun_cnn import WHITENING_EPS
-from classifier.module import ClassifierModule
-from classifier.optim import apply_lr_scales, param_groups
+from classifier.optim.param_groups import apply_lr_scales, param_groups
 
 
 def correlated_images(count: int = 64, side: int = 16, seed: int = 0) -> torch.Tensor:

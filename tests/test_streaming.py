@@ -13,7 +13,8 @@ from conftest import compose_config, ready, write_image_folder
 from classifier.data import ImageFolderDataModule, StreamingDataModule
 from classifier.data.streaming import CLASSES_FILE, convert_image_folder
 from classifier.errors import UserError
-from classifier.training import evaluate, train
+from classifier.tasks.evaluate import evaluate
+from classifier.tasks.train import train
 
 pytest.importorskip("litdata")
 

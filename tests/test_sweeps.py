@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from classifier.data import DigitsDataModule
 from classifier.data.base import targets_of
 from classifier.errors import UserError
-from classifier.sweeps import SUMMARY_CSV, SUMMARY_MD, main, summarize, write_summary
+from classifier.run.sweeps import SUMMARY_CSV, SUMMARY_MD, main, summarize, write_summary
 
 sys.path.insert(0, str(REPO))  # hydra_plugins/ at the repository root, as train.py finds it
 from hydra_plugins.classifier_optuna_sweeper.optuna_sweeper import search_space  # noqa: E402
@@ -246,7 +246,7 @@ def test_the_slurm_launcher_and_trainer_configs_fit_together(tmp_path):
 
 
 def test_jobs_side_by_side_claim_different_gpus_and_free_them(tmp_path):
-    from classifier.devices import claim_gpu
+    from classifier.engine.devices import claim_gpu
 
     # another process holds GPU 0, as a parallel job of the sweep would
     holder = subprocess.Popen(
@@ -276,7 +276,7 @@ def test_jobs_side_by_side_claim_different_gpus_and_free_them(tmp_path):
 def test_one_gpu_per_job_applies_to_single_device_jobs_on_several_gpus(compose_train, monkeypatch):
     import torch
 
-    from classifier.devices import sweep_job_device, wants_one_gpu
+    from classifier.engine.devices import sweep_job_device, wants_one_gpu
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert wants_one_gpu(compose_train("trainer.accelerator=auto"))

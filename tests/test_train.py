@@ -10,7 +10,7 @@ import torch
 from conftest import recomputed_metrics, write_cifar_batches, write_image_folder
 from PIL import Image
 
-from classifier.training import train
+from classifier.tasks.train import train
 
 SUMMARY_KEYS = {"val/top1", "val/top5", "val/ece", "val/nll", "val/loss"}
 

@@ -21,17 +21,18 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard.writer import FileWriter
 
-from classifier.atomic import write_atomically
-from classifier.builders import load_run
-from classifier.callbacks import CompactProgressBar, RunCheckpoint
-from classifier.checkpoints import load_checkpoint
+from classifier.callbacks.checkpointing import RunCheckpoint
+from classifier.callbacks.progress import CompactProgressBar
 from classifier.cli import expand_home_in_argv
 from classifier.console import DropAdverts
+from classifier.engine.from_checkpoint import load_run
 from classifier.errors import CTRL_C_EXIT, SIGTERM_EXIT, RunInterrupted, UserError
+from classifier.files import write_atomically
 from classifier.models.weights import read_state_dict
-from classifier.preemption import SIGUSR1_EXIT
-from classifier.rundir import run_dir_lock
-from classifier.training import train
+from classifier.run.checkpoints import load_checkpoint
+from classifier.run.directory import run_dir_lock
+from classifier.run.preemption import SIGUSR1_EXIT
+from classifier.tasks.train import train
 
 SHORT = [
     "trainer.limit_train_batches=4",

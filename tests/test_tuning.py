@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from classifier.errors import UserError
-from classifier.training import train
+from classifier.tasks.train import train
 
 SHORT = ["trainer.max_epochs=1", "model.width=8", "logger=none"]
 

@@ -15,9 +15,9 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, WeightedRandomSampler
 
+from classifier.config_values import to_number, to_numbers
 from classifier.data.batched import BatchAugment, normalize
 from classifier.data.decoded import DecodedBatches, decoded_split, whole_batch
-from classifier.data.numeric import to_number, to_numbers
 from classifier.data.transforms import (
     DEFAULT_CROP_MODE,
     DEFAULT_CROP_SCALE,

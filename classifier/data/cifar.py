@@ -14,7 +14,7 @@ from classifier.data.base import ClassificationDataModule, Splits
 from classifier.data.folder import find_class_names, is_image_folder_tree, read_image_folder
 from classifier.data.memory import TensorImageDataset
 from classifier.errors import UserError
-from classifier.paths import expand_path
+from classifier.files import expand_path
 
 
 def _unpickle(path: Path) -> dict:

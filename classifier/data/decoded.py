@@ -21,11 +21,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
-from classifier.atomic import current_umask
 from classifier.data.images import ImageFileDataset
 from classifier.data.transforms import InputSpec, _interpolation
 from classifier.errors import UserError
-from classifier.paths import cache_home
+from classifier.files import cache_home, current_umask
 
 log = logging.getLogger(__name__)
 

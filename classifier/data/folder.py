@@ -12,7 +12,7 @@ from classifier.data.images import ImageFileDataset, has_image_files, is_ignored
 from classifier.data.sizing import SAMPLE_SIZE, infer_input_side, spread_sample
 from classifier.data.verify import checked_dataset
 from classifier.errors import UserError
-from classifier.paths import expand_path
+from classifier.files import expand_path
 
 log = logging.getLogger(__name__)
 

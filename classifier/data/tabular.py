@@ -12,7 +12,7 @@ from classifier.data.base import ClassificationDataModule, Splits
 from classifier.data.sizing import infer_input_side, spread_sample
 from classifier.data.verify import checked_dataset
 from classifier.errors import UserError
-from classifier.paths import expand_path
+from classifier.files import expand_path
 
 SPLITS = ("train", "val", "test")
 # Separators tried on the header line when data.delimiter is null, in this order.

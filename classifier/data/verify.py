@@ -19,14 +19,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from classifier.atomic import write_atomically
 from classifier.data.images import (
     ImageFileDataset,
     exceeds_pixel_warning_limit,
     quiet_decompression_bomb_warnings,
 )
 from classifier.errors import UserError
-from classifier.paths import cache_home
+from classifier.files import cache_home, write_atomically
 
 log = logging.getLogger(__name__)
 

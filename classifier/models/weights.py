@@ -11,7 +11,7 @@ from timm.models import load_state_dict
 from torch import nn
 
 from classifier.errors import UserError, first_line_of
-from classifier.paths import expand_path
+from classifier.files import expand_path
 
 log = logging.getLogger(__name__)
 

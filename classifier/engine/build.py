@@ -1,0 +1,147 @@
+"""Building a run's objects from its composed config: the data module (read before the model, which
+needs its classes and input size), the network, the LightningModule with its optimizer and schedule,
+and the Trainer with its callbacks, loggers and precision. train.py and the tuners go through here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from classifier.data import ClassificationDataModule
+from classifier.data.transforms import is_small
+from classifier.engine.module import ClassifierModule
+from classifier.engine.precision import check_accelerator, precision_arguments
+from classifier.errors import UserError, config_errors
+from classifier.models import check_model_name, pretrained_input
+from classifier.run.checkpoints import (
+    AtomicCheckpointIO,
+)
+
+
+def uses_pretrained_weights(model_cfg: DictConfig) -> bool:
+    return bool(model_cfg.get("pretrained")) or bool(model_cfg.get("weights"))
+
+
+def pretrained_input_overrides(data_cfg: DictConfig, model_cfg: DictConfig) -> dict[str, Any]:
+    """Data keys that pretrained weights decide, as timm resolves them for the weights: the
+    normalisation and resize filter they were trained with; their input size unless data.img_size
+    (or the model config's input_size: DINOv2's configs use 224, not the weights' 518) is set;
+    their eval crop (crop_pct, crop_mode) unless data.crop_pct is set or the input is small (small
+    images train uncropped)."""
+    if not uses_pretrained_weights(model_cfg):
+        return {}
+    check_model_name(model_cfg.name)
+    spec = pretrained_input(model_cfg.name)
+    if spec is None:
+        return {}
+    side = data_cfg.get("img_size") or model_cfg.get("input_size") or spec["img_size"]
+    overrides = {**spec, "img_size": side}
+    if data_cfg.get("crop_pct") is not None or is_small(int(side)):
+        overrides.pop("crop_pct")
+        overrides.pop("crop_mode")
+    return overrides
+
+
+def build_datamodule(
+    data_cfg: DictConfig, input_overrides: dict[str, Any] | None = None, augment: DictConfig | None = None
+) -> ClassificationDataModule:
+    """Instantiate `data_cfg` with the run's `augment` config, fetch its files if needed and read
+    them (class names, input size, splits): the data module's explicit steps, before the model that
+    depends on them is built."""
+    extra = dict(input_overrides or {})
+    if augment is not None:
+        extra["augment"] = OmegaConf.to_container(augment, resolve=True)
+    datamodule = instantiate(data_cfg, **extra, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup()
+    return datamodule
+
+
+# Model and optimizer keys that shape training, not the network or the optimizer object: the module
+# takes them, and a checkpoint's saved model config is rebuilt without them. input_size sets the data's
+# side for pretrained weights; open_clip names the CLIP model zeroshot.py builds.
+MODULE_MODEL_KEYS = ("freeze_backbone", "input_size", "open_clip")
+
+
+MODULE_OPTIMIZER_KEYS = ("layer_decay", "norm_lr_scale", "filter_bias_and_bn")
+
+
+def _without(cfg: DictConfig, keys: tuple[str, ...]) -> DictConfig:
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for key in keys:
+            cfg.pop(key, None)
+    return cfg
+
+
+def build_net(model_cfg: DictConfig, num_classes: int, img_size: int) -> nn.Module:
+    declared = model_cfg.get("num_classes")
+    if declared is not None and int(declared) != num_classes:
+        raise UserError(
+            f"model.num_classes={declared} but the data has {num_classes} classes; leave it null to infer it"
+        )
+    model_cfg = _without(model_cfg, MODULE_MODEL_KEYS)
+    return instantiate(model_cfg, num_classes=num_classes, img_size=img_size, _convert_="all")
+
+
+def build_module(cfg: DictConfig, datamodule: ClassificationDataModule) -> ClassifierModule:
+    if datamodule.num_classes < 2:
+        raise UserError(
+            f"the data has {datamodule.num_classes} class ({', '.join(datamodule.class_names)});"
+            " a classifier needs at least two"
+        )
+    net = build_net(cfg.model, datamodule.num_classes, datamodule.input_spec.img_size)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    create_module = instantiate(cfg.module, _partial_=True)
+    return create_module(
+        net=net,
+        class_names=datamodule.class_names,
+        optimizer=instantiate(_without(cfg.optimizer, MODULE_OPTIMIZER_KEYS)),
+        scheduler=scheduler,
+        pretrained_backbone=uses_pretrained_weights(cfg.model),
+        class_weights=datamodule.loss_class_weights,
+        freeze_backbone=bool(cfg.model.get("freeze_backbone")),
+        layer_decay=cfg.optimizer.get("layer_decay"),
+        norm_lr_scale=cfg.optimizer.get("norm_lr_scale"),
+        filter_bias_and_bn=cfg.optimizer.get("filter_bias_and_bn", True),
+    )
+
+
+def build_trainer(
+    cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None, with_loggers: bool = True
+) -> L.Trainer:
+    """The configured Trainer with the config's callbacks and loggers (none without `with_loggers`),
+    writing checkpoints atomically."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    loggers = (
+        [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+        if with_loggers
+        else []
+    )
+    if not loggers:  # LearningRateMonitor refuses to run without a logger to write to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a bar it was told not to show
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    check_accelerator(cfg.trainer.get("accelerator"))
+    create_trainer = instantiate(cfg.trainer, _partial_=True)
+    precision = precision_arguments(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
+    with config_errors("trainer"):
+        return create_trainer(
+            callbacks=callbacks + list(extra_callbacks or []),
+            logger=loggers or False,
+            plugins=[AtomicCheckpointIO(), *precision["plugins"]],
+            precision=precision["precision"],
+        )
+
+
+def run_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain data (what checkpoints and TensorBoard keep), without Hydra's own node."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return OmegaConf.to_container(cfg, resolve=True)

@@ -1,0 +1,1 @@
+"""Optimisation: the optimizer's parameter groups and the learning-rate schedules."""
