@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from classifier.cli import expand_home_in_argv, run_task
+from classifier.cli import prepare_argv, run_task
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
@@ -12,5 +12,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    expand_home_in_argv()
+    prepare_argv()
     main()

@@ -62,6 +62,35 @@ def expand_home_in_argv(argv: list[str] | None = None) -> None:
         argv[i] = key + sep + _HOME_IN_VALUE.sub(lambda m: m.group(1) + home, value)
 
 
+# Config keys that moved (December 2026): the old spelling on a command line gets one line with the new.
+RENAMED_KEYS = {
+    "model.input_size": "data.img_size",  # the DINOv2 model configs set data.img_size themselves
+    "model.open_clip": "clip",  # the CLIP model configs' section for zeroshot.py
+}
+BUG_LINE = (
+    "this is a bug in classifier, not a mistake in your command or files:"
+    " please report it with the traceback below"
+)
+
+
+def refuse_renamed_keys(argv: list[str] | None = None) -> None:
+    """Exit with one line naming the new key when an override uses a key's old name (Hydra's own
+    message would only say the key is not in the config)."""
+    argv = sys.argv if argv is None else argv
+    for arg in argv[1:]:
+        key = arg.lstrip("+~").partition("=")[0]
+        for old, new in RENAMED_KEYS.items():
+            if key == old or key.startswith(old + "."):
+                renamed = new + key[len(old) :]
+                sys.exit(f"[ERROR] {key} is now {renamed}: write {arg.replace(key, renamed, 1)}")
+
+
+def prepare_argv(argv: list[str] | None = None) -> None:
+    """What every root script does to its command line before Hydra reads it."""
+    refuse_renamed_keys(argv)
+    expand_home_in_argv(argv)
+
+
 def _send_lightning_logs_to_hydra() -> None:
     # Importing Lightning gives its loggers their own console handler (always for "lightning", and
     # for its subpackages when logging is not set up yet); let them propagate instead, so their
@@ -97,9 +126,11 @@ def _is_sigterm(exc: SystemExit) -> bool:
 
 
 def run_task(name: str, cfg: DictConfig) -> float | None:
-    """Run the task `name` (train, eval, predict or export) on `cfg`. A user mistake ends the process with one
-    ERROR line and exit status 1 instead of a traceback; Ctrl-C with status 130 and SIGTERM with 143
-    (the run's own log says how to resume). Returns the `optimized_metric` for Hydra sweepers."""
+    """Run the task `name` (classifier.tasks.TASKS) on `cfg`. A user mistake (a UserError, a missing or
+    mistyped config key) ends the process with one ERROR line and exit status 1 instead of a traceback
+    (with HYDRA_FULL_ERROR=1 the traceback too); anything else is a bug: the ERROR line says so and
+    the exception goes on with its traceback. Ctrl-C exits with status 130 and SIGTERM with 143 (the
+    run's own log says how to resume). Returns the `optimized_metric` for Hydra sweepers."""
     task = load_task(name)
     _send_lightning_logs_to_hydra()  # after the import: importing Lightning adds its own handler
     with warnings.catch_warnings():
@@ -121,8 +152,11 @@ def run_task(name: str, cfg: DictConfig) -> float | None:
         except Exception as exc:
             message = describe_user_error(exc)
             if message is None:
+                log.error("%s", BUG_LINE)
                 raise
             log.error("%s", message)
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":  # Hydra's switch: the traceback of any error
+                raise
             _fail(message)
     return _optimized_metric(metrics, cfg.get("optimized_metric"))
 
@@ -151,7 +185,7 @@ def installed_command(task: str) -> Callable[[], None]:
         return run_task(task, cfg)
 
     def command() -> None:
-        expand_home_in_argv()
+        prepare_argv()
         main()
 
     command.__doc__ = f"`classifier-{task}`: {task}.py from an installed package."

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import inspect
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 class UserError(Exception):
@@ -32,25 +38,58 @@ def first_line_of(exc: BaseException) -> str:
 
 
 @contextmanager
-def config_errors(group: str) -> Iterator[None]:
-    """Turn what a library raises while building an object from the `group` config (Lightning's
-    MisconfigurationException, torch's ValueError for a negative learning rate, a TypeError for an
-    argument it does not take) into a UserError naming the group: the library checked the value,
-    and its message says which."""
+def checked_by_library(group: str) -> Iterator[None]:
+    """Turn what a library raises while it checks the values of the `group` config (Lightning's
+    MisconfigurationException, torch's ValueError for a negative learning rate) into a UserError
+    naming the group: the library checked the value, and its message says which.
+
+    What is raised in this project's own code is a bug, whatever its type, and keeps its traceback:
+    an argument the user may have mistyped is checked before the call (`check_arguments`), so a
+    TypeError or ValueError from our own frames is never the user's.
+    """
     try:
         yield
     except UserError:
         raise
     except Exception as exc:
-        if not _is_config_error(exc):
+        if not _is_library_check(exc) or raised_in_project(exc):
             raise
         raise UserError(f"{group}: {first_line_of(exc)}") from exc
 
 
-def _is_config_error(exc: Exception) -> bool:
+def _is_library_check(exc: Exception) -> bool:
     # Lightning's MisconfigurationException is matched by name: this module must not import Lightning.
     names = {cls.__name__ for cls in type(exc).__mro__}
-    return isinstance(exc, ValueError | TypeError) or "MisconfigurationException" in names
+    return isinstance(exc, ValueError) or "MisconfigurationException" in names
+
+
+def raised_in_project(exc: BaseException) -> bool:
+    """Whether the innermost frame of `exc`'s traceback is in this package's code."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_DIR)
+
+
+def check_arguments(factory: Callable[..., Any], group: str, *args: Any, **kwargs: Any) -> None:
+    """Raises UserError when `factory` (a function, class or functools.partial of one, as Hydra's
+    `_partial_` makes them) cannot take these arguments together with the config's keys: a key of
+    `group` it has no parameter for, or a required one the config leaves out."""
+    target = factory
+    if isinstance(factory, functools.partial):  # Hydra's own partial type overrides __call__
+        target = factory.func
+        args, kwargs = (*factory.args, *args), {**factory.keywords, **kwargs}
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):  # builtins and C extensions without a signature: the call decides
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        name = getattr(target, "__qualname__", repr(target))
+        raise UserError(f"{group}: {name} {exc}") from None
 
 
 def describe_user_error(exc: BaseException) -> str | None:

@@ -249,12 +249,14 @@ def test_foundation_model_configs_take_their_weights_input_settings(compose_trai
 
     cfg = compose_train("model=dinov2_s", "data=imagefolder", "data.root=x")
     spec = pretrained_input_overrides(cfg.data, cfg.model)
-    assert spec["img_size"] == 224 and spec["interpolation"] == "bicubic"  # input_size, not the weights' 518
-    cfg = compose_train("model=dinov2_b", "model.input_size=null", "data=imagefolder", "data.root=x")
+    assert (
+        spec["img_size"] == 224 and spec["interpolation"] == "bicubic"
+    )  # the config's data.img_size, not the weights' 518
+    cfg = compose_train("model=dinov2_b", "data.img_size=null", "data=imagefolder", "data.root=x")
     assert pretrained_input_overrides(cfg.data, cfg.model)["img_size"] == 518
     cfg = compose_train("model=clip_b16", "data=imagefolder", "data.root=x")
     assert pretrained_input_overrides(cfg.data, cfg.model)["mean"] == [0.48145466, 0.4578275, 0.40821073]
-    assert cfg.model.open_clip.name == "ViT-B-16"
+    assert cfg.clip.name == "ViT-B-16"
 
 
 # -- few-shot subsets -------------------------------------------------------------------------------------
@@ -320,7 +322,7 @@ def test_zero_shot_averages_one_text_embedding_per_class_and_predicts_the_most_s
     cfg = compose_config(
         "zeroshot",
         tmp_path / "run",
-        ["device=cpu", f"model.open_clip.name=local-dir:{tiny_clip}", f"templates={json.dumps(templates)}"],
+        ["device=cpu", f"clip.name=local-dir:{tiny_clip}", f"templates={json.dumps(templates)}"],
         quiet=False,
     )
     metrics = zeroshot(cfg)
@@ -357,9 +359,9 @@ def test_zero_shot_mistakes_end_in_one_line(tmp_path):
     with pytest.raises(UserError, match=r"templates\[1\]='a photo' needs exactly one \{\}"):
         run('templates=["a {}","a photo"]')
     with pytest.raises(UserError, match="'ViT-B-33' is not an open_clip model; did you mean ViT-B-32"):
-        run("model.open_clip.name=ViT-B-33")
+        run("clip.name=ViT-B-33")
     with pytest.raises(UserError, match="open_clip has no such weights for ViT-B-32"):
-        run("model.open_clip.pretrained=laion9b")
+        run("clip.pretrained=laion9b")
     with pytest.raises(UserError, match="class_names has 2 names; the data has 10 classes"):
         run("model.pretrained=false", "class_names=[zero,one]")
 

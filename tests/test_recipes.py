@@ -490,15 +490,13 @@ def test_each_experiment_composes_and_runs_a_fast_dev_run(
 
 
 def test_torch_optimizers_take_their_fused_kernel_on_a_gpu_unless_configured(compose_train):
-    from classifier.engine.build import build_datamodule
+    from classifier.optim.factory import _fused_kernel, _optimizer_class
 
+    on_cpu = torch.nn.Linear(2, 2)
+    on_gpu = SimpleNamespace(parameters=lambda: iter([SimpleNamespace(device=torch.device("cuda", 0))]))
     for option, expected in [("adamw", {"fused": True}), ("sgd", {"fused": True}), ("lion", {})]:
-        cfg = compose_train(f"optimizer={option}")
-        module = build_module(cfg, build_datamodule(cfg.data))
-        assert module._fused_option() == {}  # on the CPU torch picks its own implementation
-        module._device = torch.device("cuda", 0)
-        assert module._fused_option() == expected, option
+        opt_class = _optimizer_class(compose_train(f"optimizer={option}").optimizer.opt)
+        assert _fused_kernel(opt_class, on_cpu, {}) == {}  # on the CPU torch picks its own implementation
+        assert _fused_kernel(opt_class, on_gpu, {}) == expected, option
     cfg = compose_train("+optimizer.fused=false")
-    module = build_module(cfg, build_datamodule(cfg.data))
-    module._device = torch.device("cuda", 0)
-    assert module._fused_option() == {}
+    assert _fused_kernel(_optimizer_class(cfg.optimizer.opt), on_gpu, dict(cfg.optimizer)) == {}

@@ -4,6 +4,7 @@ decoupled weight decay, the triangle schedule, lookahead, and the 2 px shifts.""
 
 from __future__ import annotations
 
+from functools import partial
 from types import SimpleNamespace
 
 import lightning as L
@@ -21,6 +22,7 @@ from classifier.engine.module import ClassifierModule
 from classifier.errors import UserError
 from classifier.models import create_model
 from classifier.models.speedrun_cnn import WHITENING_EPS
+from classifier.optim.factory import create_optimizer
 from classifier.optim.param_groups import apply_lr_scales, param_groups
 
 
@@ -78,7 +80,7 @@ def test_whitening_runs_before_a_fresh_fit_only(tmp_path):
     root = write_image_folder(tmp_path / "pets", {"train": 6, "val": 2, "test": 2}, size=32)
     datamodule = ready(ImageFolderDataModule(root=str(root), num_workers=0, batch_size=4))
     net = create_model("speedrun_cnn", num_classes=3, width=0.25)
-    module = ClassifierModule(net, datamodule.class_names, optimizer=torch.optim.SGD)
+    module = ClassifierModule(net, datamodule.class_names, optimizer=partial(create_optimizer, opt="sgd"))
     random_stem = net.features[0].weight.clone()
     trainer = L.Trainer(
         fast_dev_run=True, logger=False, enable_progress_bar=False, enable_model_summary=False
@@ -160,7 +162,8 @@ def test_the_speedrun_experiment_trains_with_airbenchs_schedule_and_groups(compo
     assert max(abs(a - b) for a, b in zip(factors, theirs, strict=True)) < 0.01
     assert factors[-1] == pytest.approx(0.07) and max(factors) == pytest.approx(1.0, abs=1e-3)
     assert momenta == {0.85}  # no momentum cycling
-    assert module.hparams.norm_lr_scale == 64.0 and not module.hparams.filter_bias_and_bn
+    options = module.optimizer_factory.keywords  # what the optimizer config group builds with
+    assert options["norm_lr_scale"] == 64.0 and not options["filter_bias_and_bn"]
     assert cfg.augment.padding == 2 and "lookahead" in cfg.callbacks
 
 

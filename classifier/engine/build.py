@@ -16,11 +16,9 @@ from classifier.data import ClassificationDataModule
 from classifier.data.transforms import is_small
 from classifier.engine.module import ClassifierModule
 from classifier.engine.precision import check_accelerator, precision_arguments
-from classifier.errors import UserError, config_errors
+from classifier.errors import UserError, check_arguments, checked_by_library
 from classifier.models import check_model_name, pretrained_input
-from classifier.run.checkpoints import (
-    AtomicCheckpointIO,
-)
+from classifier.run.checkpoints import AtomicCheckpointIO
 
 
 def uses_pretrained_weights(model_cfg: DictConfig) -> bool:
@@ -30,7 +28,7 @@ def uses_pretrained_weights(model_cfg: DictConfig) -> bool:
 def pretrained_input_overrides(data_cfg: DictConfig, model_cfg: DictConfig) -> dict[str, Any]:
     """Data keys that pretrained weights decide, as timm resolves them for the weights: the
     normalisation and resize filter they were trained with; their input size unless data.img_size
-    (or the model config's input_size: DINOv2's configs use 224, not the weights' 518) is set;
+    is set (DINOv2's model configs set it to 224, not the weights' 518);
     their eval crop (crop_pct, crop_mode) unless data.crop_pct is set or the input is small (small
     images train uncropped)."""
     if not uses_pretrained_weights(model_cfg):
@@ -39,7 +37,7 @@ def pretrained_input_overrides(data_cfg: DictConfig, model_cfg: DictConfig) -> d
     spec = pretrained_input(model_cfg.name)
     if spec is None:
         return {}
-    side = data_cfg.get("img_size") or model_cfg.get("input_size") or spec["img_size"]
+    side = data_cfg.get("img_size") or spec["img_size"]
     overrides = {**spec, "img_size": side}
     if data_cfg.get("crop_pct") is not None or is_small(int(side)):
         overrides.pop("crop_pct")
@@ -62,30 +60,12 @@ def build_datamodule(
     return datamodule
 
 
-# Model and optimizer keys that shape training, not the network or the optimizer object: the module
-# takes them, and a checkpoint's saved model config is rebuilt without them. input_size sets the data's
-# side for pretrained weights; open_clip names the CLIP model zeroshot.py builds.
-MODULE_MODEL_KEYS = ("freeze_backbone", "input_size", "open_clip")
-
-
-MODULE_OPTIMIZER_KEYS = ("layer_decay", "norm_lr_scale", "filter_bias_and_bn")
-
-
-def _without(cfg: DictConfig, keys: tuple[str, ...]) -> DictConfig:
-    cfg = cfg.copy()
-    with open_dict(cfg):
-        for key in keys:
-            cfg.pop(key, None)
-    return cfg
-
-
 def build_net(model_cfg: DictConfig, num_classes: int, img_size: int) -> nn.Module:
     declared = model_cfg.get("num_classes")
     if declared is not None and int(declared) != num_classes:
         raise UserError(
             f"model.num_classes={declared} but the data has {num_classes} classes; leave it null to infer it"
         )
-    model_cfg = _without(model_cfg, MODULE_MODEL_KEYS)
     return instantiate(model_cfg, num_classes=num_classes, img_size=img_size, _convert_="all")
 
 
@@ -101,14 +81,10 @@ def build_module(cfg: DictConfig, datamodule: ClassificationDataModule) -> Class
     return create_module(
         net=net,
         class_names=datamodule.class_names,
-        optimizer=instantiate(_without(cfg.optimizer, MODULE_OPTIMIZER_KEYS)),
+        optimizer=instantiate(cfg.optimizer),
         scheduler=scheduler,
         pretrained_backbone=uses_pretrained_weights(cfg.model),
         class_weights=datamodule.loss_class_weights,
-        freeze_backbone=bool(cfg.model.get("freeze_backbone")),
-        layer_decay=cfg.optimizer.get("layer_decay"),
-        norm_lr_scale=cfg.optimizer.get("norm_lr_scale"),
-        filter_bias_and_bn=cfg.optimizer.get("filter_bias_and_bn", True),
     )
 
 
@@ -130,13 +106,15 @@ def build_trainer(
     check_accelerator(cfg.trainer.get("accelerator"))
     create_trainer = instantiate(cfg.trainer, _partial_=True)
     precision = precision_arguments(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
-    with config_errors("trainer"):
-        return create_trainer(
-            callbacks=callbacks + list(extra_callbacks or []),
-            logger=loggers or False,
-            plugins=[AtomicCheckpointIO(), *precision["plugins"]],
-            precision=precision["precision"],
-        )
+    arguments = {
+        "callbacks": callbacks + list(extra_callbacks or []),
+        "logger": loggers or False,
+        "plugins": [AtomicCheckpointIO(), *precision["plugins"]],
+        "precision": precision["precision"],
+    }
+    check_arguments(create_trainer, "trainer", **arguments)
+    with checked_by_library("trainer"):
+        return create_trainer(**arguments)
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:

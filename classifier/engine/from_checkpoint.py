@@ -13,7 +13,6 @@ from torch import nn
 from classifier import data
 from classifier.data import ClassificationDataModule
 from classifier.data.transforms import InputSpec
-from classifier.engine.build import MODULE_MODEL_KEYS
 from classifier.engine.module import ClassifierModule
 from classifier.errors import UserError
 from classifier.models import create_model
@@ -41,6 +40,9 @@ ALLOWED_MODEL_FACTORIES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# Keys the model configs of checkpoints written before December 2026 hold beside the network's
+# arguments (now data.img_size and the top-level clip section).
+LEGACY_MODEL_KEYS = ("input_size", "open_clip")
 # Checkpoints written before the package was regrouped (December 2026) name the module by its old path.
 ALLOWED_MODULES: dict[str, type[ClassifierModule]] = {
     "classifier.engine.module.ClassifierModule": ClassifierModule,
@@ -154,7 +156,7 @@ def load_model(ckpt_path: str) -> SavedModel:
         raise UserError(f"{what} holds input settings this version cannot use: {exc}") from exc
     # The checkpoint holds the weights; the class count comes from its class names.
     model_cfg = {**_saved_section(config, "model"), "pretrained": False, "weights": None}
-    for key in ("num_classes", *MODULE_MODEL_KEYS):
+    for key in ("num_classes", *LEGACY_MODEL_KEYS):
         model_cfg.pop(key, None)
     net = construct_allowed(
         model_cfg,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 
@@ -15,12 +14,10 @@ from torch import nn
 from torchmetrics import CatMetric, MaxMetric, MeanMetric
 from torchmetrics.utilities.data import dim_zero_cat  # where torchmetrics 1.0 has it too
 
-from classifier.errors import UserError, config_errors
+from classifier.errors import UserError, check_arguments, checked_by_library
 from classifier.evaluation.metrics import create_eval_metrics, create_top1, metric_key_part
 from classifier.evaluation.tta import TestTimeAugmentation
-from classifier.models.structure import freeze_backbone as freeze_backbone_of
 from classifier.models.structure import hold_frozen_norms
-from classifier.optim.param_groups import apply_lr_scales, param_groups
 
 EVAL_STAGES = ("val", "test")
 
@@ -42,7 +39,8 @@ class ClassifierModule(L.LightningModule):
     Args:
         net: backbone with a classification head (a timm model or ScratchCNN).
         class_names: one name per output, in label order.
-        optimizer: partial optimizer, completed with parameter groups.
+        optimizer: partial `(net, backbone_lr_scale) -> Optimizer` (the optimizer config group:
+            optim.factory.create_optimizer), completed in configure_optimizers.
         scheduler: partial `(optimizer, total_steps, steps_per_epoch) -> LRScheduler`, stepped
             every optimizer step; None keeps the learning rate constant.
         label_smoothing: of the training loss (val/test loss is plain cross-entropy, comparable
@@ -50,11 +48,6 @@ class ClassifierModule(L.LightningModule):
         pretrained_backbone: whether `net` starts from pretrained weights.
         pretrained_backbone_lr_scale: learning-rate multiplier of a pretrained backbone (not the head).
         class_weights: per-class weights of the training loss (data.class_weights), or None.
-        freeze_backbone: train the head only (model.freeze_backbone): the backbone gets no
-            gradients and its batch norms stay in eval mode.
-        layer_decay: layer-wise learning-rate decay (optimizer.layer_decay), or None.
-        norm_lr_scale: learning-rate multiplier of normalisation layers (optimizer.norm_lr_scale).
-        filter_bias_and_bn: no weight decay on biases and norm parameters (optimizer.filter_bias_and_bn).
         channels_last: NHWC memory layout for the network and its inputs (faster convolutions on
             CPUs and tensor-core GPUs); 'auto': for convolutional networks.
         compile: `torch.compile` the network in place (same state_dict keys) when fitting starts.
@@ -70,10 +63,6 @@ class ClassifierModule(L.LightningModule):
         pretrained_backbone: bool = False,
         pretrained_backbone_lr_scale: float = 1.0,
         class_weights: Sequence[float] | None = None,
-        freeze_backbone: bool = False,
-        layer_decay: float | None = None,
-        norm_lr_scale: float | None = None,
-        filter_bias_and_bn: bool = True,
         channels_last: bool | str = "auto",
         compile: bool = False,
     ):
@@ -91,9 +80,7 @@ class ClassifierModule(L.LightningModule):
         weights = None if class_weights is None else torch.tensor([float(w) for w in class_weights])
         self.register_buffer("class_weights", weights, persistent=False)
         self.soft_target_loss = SoftTargetCrossEntropy()
-        if freeze_backbone:
-            freeze_backbone_of(net)
-            hold_frozen_norms(net)
+        hold_frozen_norms(net)  # a backbone the model config froze (model.freeze_backbone)
         self.channels_last = wants_channels_last(channels_last, net)
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -292,16 +279,9 @@ class ClassifierModule(L.LightningModule):
         if self.optimizer_factory is None:
             raise UserError("no optimizer configured: set optimizer=adamw or optimizer=sgd")
         scale = self.hparams.pretrained_backbone_lr_scale if self.hparams.pretrained_backbone else 1.0
-        groups = param_groups(
-            self.net,
-            backbone_lr_scale=scale,
-            layer_decay=self.hparams.layer_decay,
-            norm_lr_scale=self.hparams.norm_lr_scale,
-            filter_bias_and_bn=self.hparams.filter_bias_and_bn,
-        )
-        with config_errors("optimizer"):
-            optimizer = self.optimizer_factory(params=groups, **self._fused_option())
-        apply_lr_scales(optimizer)
+        check_arguments(self.optimizer_factory, "optimizer", self.net, backbone_lr_scale=scale)
+        with checked_by_library("optimizer"):
+            optimizer = self.optimizer_factory(self.net, backbone_lr_scale=scale)
         if self.scheduler_factory is None:
             return optimizer
         total_steps = self.trainer.estimated_stepping_batches
@@ -312,22 +292,8 @@ class ClassifierModule(L.LightningModule):
                 " run's length, or use scheduler=none"
             )
         steps_per_epoch = max(1, self.trainer.num_training_batches // self.trainer.accumulate_grad_batches)
-        with config_errors("scheduler"):
-            scheduler = self.scheduler_factory(
-                optimizer, total_steps=int(total_steps), steps_per_epoch=steps_per_epoch
-            )
+        schedule = {"total_steps": int(total_steps), "steps_per_epoch": steps_per_epoch}
+        check_arguments(self.scheduler_factory, "scheduler", optimizer, **schedule)
+        with checked_by_library("scheduler"):
+            scheduler = self.scheduler_factory(optimizer, **schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _fused_option(self) -> dict[str, bool]:
-        """fused=True for a torch optimizer that has a fused CUDA kernel (AdamW, SGD, Adam) when the
-        network is on a GPU and the config leaves `fused` unset: one kernel for all parameters
-        instead of several per tensor. Elsewhere torch picks its foreach implementation itself."""
-        factory = self.optimizer_factory
-        if self.device.type != "cuda" or getattr(factory, "keywords", {}).get("fused") is not None:
-            return {}
-        target = getattr(factory, "func", factory)
-        try:
-            takes_fused = "fused" in inspect.signature(target).parameters
-        except (TypeError, ValueError):
-            return {}
-        return {"fused": True} if takes_fused and target.__module__.startswith("torch.") else {}

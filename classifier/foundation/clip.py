@@ -42,14 +42,14 @@ def open_clip_module():
     return open_clip
 
 
-def clip_source(model_cfg: DictConfig) -> tuple[str, str | None]:
-    """(open_clip model name, weights: a tag, a file path or None) of a model config with an
-    `open_clip` section: model.weights=PATH, else the tag with model.pretrained=true, else none."""
-    section = model_cfg.get("open_clip")
+def clip_source(clip_cfg: DictConfig | None, model_cfg: DictConfig) -> tuple[str, str | None]:
+    """(open_clip model name, weights: a tag, a file path or None) of the `clip` section a CLIP model
+    config adds: model.weights=PATH, else the tag with model.pretrained=true, else none."""
+    section = clip_cfg
     if not section or not section.get("name"):
         raise UserError(
             f"model {model_cfg.get('name')} has no text tower: zeroshot.py needs a CLIP model config"
-            " (model=clip_b16, model=clip_b32) or model.open_clip.name=NAME (open_clip.list_models())"
+            " (model=clip_b16, model=clip_b32) or +clip.name=NAME (open_clip.list_models())"
         )
     name = str(section.name)
     if name.startswith(SCHEMAS):  # the folder or hub repository holds the weights
@@ -71,13 +71,13 @@ def create_clip(name: str, weights: str | None) -> tuple[nn.Module, Any]:
     if not name.startswith(SCHEMAS) and name not in open_clip.list_models():
         close = difflib.get_close_matches(name, open_clip.list_models(), n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise UserError(f"model.open_clip.name={name!r} is not an open_clip model{hint}")
+        raise UserError(f"clip.name={name!r} is not an open_clip model{hint}")
     local = weights is None or Path(weights).is_file()
     if not local:
         tags = [tag for arch, tag in open_clip.list_pretrained() if arch == name]
         if weights not in tags:
             raise UserError(
-                f"model.open_clip.pretrained={weights!r}: open_clip has no such weights for {name}"
+                f"clip.pretrained={weights!r}: open_clip has no such weights for {name}"
                 f" (tags: {', '.join(tags) or 'none'})"
             )
     if not local or name.startswith("hf-hub:"):
@@ -102,7 +102,7 @@ def create_clip(name: str, weights: str | None) -> tuple[nn.Module, Any]:
             message = (
                 f"model.pretrained=true could not fetch open_clip's {name} weights {weights!r} from the"
                 f" Hugging Face hub ({type(exc).__name__}); offline? use model.weights=PATH (an open_clip"
-                " checkpoint file) or model.open_clip.name=local-dir:FOLDER (a downloaded hub repository)"
+                " checkpoint file) or clip.name=local-dir:FOLDER (a downloaded hub repository)"
             )
         raise UserError(message) from exc
     finally:

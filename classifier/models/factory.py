@@ -17,6 +17,7 @@ from torch import nn
 from classifier.errors import UserError
 from classifier.models.scratch_cnn import ScratchCNN
 from classifier.models.speedrun_cnn import SpeedrunCNN
+from classifier.models.structure import freeze_backbone as freeze_all_but_head
 from classifier.models.weights import load_local_weights, zero_init_head
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def create_model(
     pretrained: bool = False,
     weights: str | None = None,
     cifar_stem: bool = False,
+    freeze_backbone: bool = False,
     **kwargs,
 ) -> nn.Module:
     """A backbone with a `num_classes` head.
@@ -95,6 +97,8 @@ def create_model(
             another size is replaced. A new head on pretrained features starts at zero.
         cifar_stem: for timm ResNets, the 3x3 stride-1 stem without max-pool of CIFAR ResNets
             (He et al. 2016, sec. 4.2), so 32 px images keep their resolution into the stages.
+        freeze_backbone: train the head only (a linear probe): every other parameter stops taking
+            gradients, and the LightningModule keeps the frozen batch norms in eval mode.
         **kwargs: passed to the model constructor (drop_rate, drop_path_rate, width, ...); None
             values are dropped.
 
@@ -130,6 +134,8 @@ def create_model(
         new_head = False
     if new_head:
         zero_init_head(model)
+    if freeze_backbone:
+        freeze_all_but_head(model)
     return model
 
 

@@ -70,7 +70,7 @@ def _for_task(overrides: list[str], task: str) -> list[str]:
     # train.py takes every shared override but device (its trainer picks one).
     if task == "train":
         return [o for o in overrides if _key(o) != "device"]
-    return [o for o in overrides if _key(o).split(".")[0] in ("model", "data", "seed", "device")]
+    return [o for o in overrides if _key(o).split(".")[0] in ("model", "clip", "data", "seed", "device")]
 
 
 def cell_config(task: str, overrides: list[str], output_dir: Path) -> DictConfig:
@@ -91,7 +91,7 @@ def _cells(methods: list[str], shots: list[int | None], has_text_tower: bool) ->
             if has_text_tower:
                 cells.append((method, 0))
             else:
-                log.info("fewshot: no zero-shot row: the model config has no open_clip text tower")
+                log.info("fewshot: no zero-shot row: the model config has no CLIP text tower (clip)")
             continue
         cells += [(method, k) for k in shots]
     return cells
@@ -110,7 +110,7 @@ def fewshot(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     shared = shared_overrides()
     rows = []
-    for method, k in _cells(methods, shots, bool(cfg.model.get("open_clip"))):
+    for method, k in _cells(methods, shots, bool(cfg.get("clip"))):
         task, own_key = METHODS[method]
         name = f"{method}_k{k}" if k else (method if k == 0 else f"{method}_all")
         overrides = _for_task(shared, task) + _extra(cfg, own_key)

@@ -23,7 +23,7 @@ from classifier.config_values import to_flag, to_number
 from classifier.data.base import default_num_workers
 from classifier.data.images import is_ignored, is_image_file, iter_image_files, load_rgb
 from classifier.data.transforms import InputSpec, create_eval_transform
-from classifier.engine.build import MODULE_MODEL_KEYS, uses_pretrained_weights
+from classifier.engine.build import uses_pretrained_weights
 from classifier.engine.devices import inference_device
 from classifier.engine.from_checkpoint import load_model
 from classifier.engine.module import ClassifierModule
@@ -138,7 +138,7 @@ def imagenet_predictor(model_cfg: DictConfig) -> Predictor:
     if spec is None or pretrained is None or not pretrained.num_classes:
         raise UserError(f"model.name={name}: timm has no ImageNet weights for it, so no class names")
     options = OmegaConf.to_container(model_cfg, resolve=True)
-    for key in ("_target_", "num_classes", "weights", *MODULE_MODEL_KEYS):
+    for key in ("_target_", "num_classes", "weights"):
         options.pop(key, None)
     net = create_model(**options, num_classes=pretrained.num_classes, img_size=spec["img_size"])
     if model_cfg.get("weights") and load_local_weights(net, str(model_cfg.weights)):

@@ -60,7 +60,7 @@ def zeroshot(cfg: DictConfig) -> dict[str, float]:
     """Zero-shot val and test metrics and reports of cfg.model's CLIP on cfg.data, in cfg.paths.output_dir."""
     L.seed_everything(cfg.seed, workers=True)
     templates = _templates(cfg)
-    name, weights = clip_source(cfg.model)
+    name, weights = clip_source(cfg.get("clip"), cfg.model)
     clip, tokenizer = create_clip(name, weights)
     datamodule = build_datamodule(cfg.data, clip_input(clip))
     names = _prompt_names(cfg, datamodule.class_names)
