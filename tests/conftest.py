@@ -236,8 +236,6 @@ def recorders() -> Iterator[list[BatchRecorder]]:
 def recomputed_metrics(ckpt_path: Path) -> dict[str, float]:
     """top1, top5 (5+ classes) and loss of a checkpoint on every held-out split, computed here in
     plain torch over the whole split: what metrics.json should say, by other code than the run's."""
-    from classifier.engine.from_checkpoint import load_run
-
     module, datamodule = load_run(str(ckpt_path))
     module.eval()
     metrics = {}
@@ -301,3 +299,11 @@ def schedule_trainer(total_steps: int, batches_per_epoch: int, max_epochs: int):
         max_epochs=max_epochs,
         max_steps=-1,
     )
+
+
+def load_run(ckpt_path: str, data_overrides: dict | None = None):
+    """The module and data module of a train.py checkpoint, as eval.py rebuilds them."""
+    from classifier.engine.from_checkpoint import load_model, saved_datamodule
+
+    saved = load_model(ckpt_path)
+    return saved.module, saved_datamodule(saved, data_overrides)

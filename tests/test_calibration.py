@@ -9,9 +9,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import compose_config
+from conftest import compose_config, load_run
 
-from classifier.engine.from_checkpoint import load_run
 from classifier.errors import UserError
 from classifier.evaluation.calibration import calibration_of, fit_temperature, temperature_effect
 from classifier.evaluation.tta import TestTimeAugmentation, corner_crops, shifted

@@ -9,9 +9,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, load_run
 
-from classifier.engine.from_checkpoint import load_run
 from classifier.errors import UserError
 from classifier.tasks.export import export
 

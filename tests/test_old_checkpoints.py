@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, load_run
 from torchvision.transforms.functional import to_pil_image
 
 from classifier.data import DigitsDataModule
-from classifier.engine.from_checkpoint import load_run
 from classifier.tasks.evaluate import evaluate
 from classifier.tasks.export import export
 from classifier.tasks.predict import predict

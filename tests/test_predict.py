@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import compose_config, write_image_folder
+from conftest import compose_config, load_run, write_image_folder
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from classifier.data.transforms import InputSpec, create_eval_transform
-from classifier.engine.from_checkpoint import load_run
 from classifier.errors import UserError
 from classifier.evaluation.gradcam import crop_box, gradcam_maps, heat_on_image
 from classifier.models import create_model

@@ -12,7 +12,7 @@ import timm
 import timm.optim
 import torch
 import torch.nn.functional as F
-from conftest import RECORD, REPO, BatchRecorder, schedule_trainer, write_cifar_batches
+from conftest import RECORD, REPO, BatchRecorder, load_run, schedule_trainer, write_cifar_batches
 from timm.loss import SoftTargetCrossEntropy
 
 from classifier.callbacks.ema import warmup_decay
@@ -188,7 +188,6 @@ def test_ema_validates_with_averaged_weights_saves_them_and_resumes_them_exactly
             )
 
     # best.ckpt holds averaged weights, and eval-style loading sees those (not the live ones)
-    from classifier.engine.from_checkpoint import load_run
 
     best = torch.load(tmp_path / "whole/checkpoints/best.ckpt", weights_only=True)
     module, _ = load_run(str(tmp_path / "whole/checkpoints/best.ckpt"))

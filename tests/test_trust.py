@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from conftest import compose_config, hydra_job_logging, write_image_folder
+from conftest import compose_config, hydra_job_logging, load_run, write_image_folder
 from hydra.core.global_hydra import GlobalHydra
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
@@ -25,7 +25,6 @@ from classifier.callbacks.checkpointing import RunCheckpoint
 from classifier.callbacks.progress import CompactProgressBar
 from classifier.cli import expand_home_in_argv
 from classifier.console import DropAdverts
-from classifier.engine.from_checkpoint import load_run
 from classifier.errors import CTRL_C_EXIT, SIGTERM_EXIT, RunInterrupted, UserError
 from classifier.files import write_atomically
 from classifier.models.weights import read_state_dict

@@ -211,18 +211,3 @@ def saved_datamodule(
             f" ({', '.join(saved.class_names[:10])})"
         )
     return datamodule
-
-
-def load_run(
-    ckpt_path: str, data_overrides: dict[str, Any] | None = None
-) -> tuple[ClassifierModule, ClassificationDataModule]:
-    """The module (with the checkpoint's weights and temperature) and data module of a train.py
-    checkpoint, rebuilt from the config saved inside it; `data_overrides` replace its data keys
-    (None values are ignored). Builds only what load_model does, and this project's data modules.
-
-    Raises:
-        UserError: as load_model, and a data key the checkpoint's data does not have, or data
-            whose classes differ from the checkpoint's.
-    """
-    saved = load_model(ckpt_path)
-    return saved.module, saved_datamodule(saved, data_overrides)

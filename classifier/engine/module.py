@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import lightning as L
 import numpy as np
@@ -102,6 +103,17 @@ class ClassifierModule(L.LightningModule):
         )
         self.val_top1_best = MaxMetric()
         self.val_top1_best.persistent(True)  # survives resume, like the checkpoint's best score
+
+    @contextmanager
+    def scoring(self, tta: TestTimeAugmentation | None = None, keep_outputs: bool = False) -> Iterator[None]:
+        """How the val/test epochs run inside the block score: averaged over `tta`'s views, and
+        keeping every image's plain logits for `kept_outputs` / `rescore`; as before afterwards."""
+        previous = self.tta, self.keep_outputs
+        self.tta, self.keep_outputs = tta, keep_outputs
+        try:
+            yield
+        finally:
+            self.tta, self.keep_outputs = previous
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:

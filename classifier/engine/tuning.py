@@ -1,11 +1,11 @@
 """tune.lr_find and tune.batch_size: Lightning's learning-rate finder and batch-size scaler, run before
-training on a throwaway Trainer (one device, no loggers or checkpoints), their results written into
-the run's config (so checkpoints and the model card record them) and used for the real run."""
+the run's objects are built, on a throwaway data module, module and Trainer (one device, no loggers or
+checkpoints); what they find goes into the config the run is then built from (so checkpoints and the
+model card record what ran)."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import logging
 import shutil
@@ -14,11 +14,10 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.tuner import Tuner
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from classifier.config_values import to_flag, to_number
-from classifier.data import ClassificationDataModule
-from classifier.engine.module import ClassifierModule
+from classifier.engine.build import build_datamodule, build_module, pretrained_input_overrides
 from classifier.engine.precision import precision_arguments
 from classifier.errors import UserError
 from classifier.evaluation.reports import save_figure
@@ -47,13 +46,9 @@ def _single_device(cfg: DictConfig) -> bool:
     )
 
 
-def _set_lr(module: ClassifierModule, cfg: DictConfig, lr: float) -> None:
-    factory = module.optimizer_factory
-    module.optimizer_factory = functools.partial(
-        factory.func, *factory.args, **{**factory.keywords, "lr": lr}
-    )
+def _set(cfg: DictConfig, key: str, value: float | int) -> None:
     with open_dict(cfg):
-        cfg.optimizer.lr = lr
+        OmegaConf.update(cfg, key, value)
 
 
 def _tuning_trainer(cfg: DictConfig, folder: Path) -> L.Trainer:
@@ -71,11 +66,10 @@ def _tuning_trainer(cfg: DictConfig, folder: Path) -> L.Trainer:
     )
 
 
-def tune_hyperparameters(
-    cfg: DictConfig, module: ClassifierModule, datamodule: ClassificationDataModule, output_dir: Path
-) -> None:
-    """Run what cfg.tune asks for and put the found batch size and learning rate into `cfg`,
-    `datamodule` and `module`. A resumed run takes the values its first run found, from the
+def tuned_config(cfg: DictConfig, output_dir: Path) -> DictConfig:
+    """`cfg` with the learning rate and batch size cfg.tune asks to find (a copy; `cfg` itself when
+    nothing is tuned), decided before the run's own objects are built from it: the tuners run on a
+    throwaway data module and module. A resumed run takes the values its first run found, from the
     checkpoint it resumes.
 
     Raises:
@@ -87,24 +81,28 @@ def tune_hyperparameters(
         to_flag(tune.get("batch_size"), "tune.batch_size"),
     )
     if not (find_lr or scale_batch):
-        return
+        return cfg
+    cfg = cfg.copy()
     resumed = _resumed_from(cfg, output_dir)
     if resumed is not None and resumed.is_file():
         saved = saved_run(load_checkpoint(resumed), str(resumed))["config"]
         lr, size = saved["optimizer"]["lr"], saved["data"]["batch_size"]
         log.info("resuming: lr %s and batch size %s as tuned by the first run (%s)", lr, size, resumed)
         if find_lr:
-            _set_lr(module, cfg, float(lr))
+            _set(cfg, "optimizer.lr", float(lr))
         if scale_batch:
-            datamodule.batch_size = int(size)
-            with open_dict(cfg):
-                cfg.data.batch_size = int(size)
-        return
+            _set(cfg, "data.batch_size", int(size))
+        return cfg
     if not _single_device(cfg):
         raise UserError(
             "tune.lr_find / tune.batch_size run on one device: tune with trainer.devices=1, then train"
             " on several with the values they found (optimizer.lr=..., data.batch_size=...)"
         )
+    L.seed_everything(cfg.seed, workers=True)  # the same weights as the run's own module will start from
+    datamodule = build_datamodule(
+        cfg.data, pretrained_input_overrides(cfg.data, cfg.model), augment=cfg.get("augment")
+    )
+    module = build_module(cfg, datamodule)
     folder = output_dir / ".tune"
     try:
         tuner = Tuner(_tuning_trainer(cfg, folder))
@@ -125,8 +123,7 @@ def tune_hyperparameters(
                 start,
                 trials,
             )
-            with open_dict(cfg):
-                cfg.data.batch_size = int(size)
+            _set(cfg, "data.batch_size", int(size))
         if find_lr:
             # Its bar (which Lightning always shows) only on a terminal, not in a batch job's log.
             bar = (
@@ -141,12 +138,13 @@ def tune_hyperparameters(
                     num_training=to_number(tune.get("lr_find_steps", 100), "tune.lr_find_steps", int),
                     update_attr=False,
                 )
-            _use_suggestion(result, module, cfg, output_dir)
+            _use_suggestion(result, cfg, output_dir)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    return cfg
 
 
-def _use_suggestion(result, module: ClassifierModule, cfg: DictConfig, output_dir: Path) -> None:
+def _use_suggestion(result, cfg: DictConfig, output_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
     suggestion = result.suggestion()
@@ -168,4 +166,4 @@ def _use_suggestion(result, module: ClassifierModule, cfg: DictConfig, output_di
         cfg.optimizer.lr,
         output_dir / LR_FIND_FILE,
     )
-    _set_lr(module, cfg, float(suggestion))
+    _set(cfg, "optimizer.lr", float(suggestion))

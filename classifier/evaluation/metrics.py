@@ -39,9 +39,3 @@ def create_eval_metrics(num_classes: int) -> MetricCollection:
 def metric_key_part(class_name: str) -> str:
     """A class name usable inside a metric key (TensorBoard tags split on '/')."""
     return re.sub(r"[\s/]+", "_", class_name.strip()) or "_"
-
-
-def summary_of(logged: dict[str, float], split: str) -> dict[str, float]:
-    """The SUMMARY_METRICS of `split` among logged metrics, as plain floats."""
-    keys = [f"{split}/{name}" for name in SUMMARY_METRICS]
-    return {key: float(logged[key]) for key in keys if key in logged}

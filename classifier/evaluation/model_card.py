@@ -11,10 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig
 from torch import nn
 
-from classifier.config_values import to_flag
 from classifier.data.base import ClassificationDataModule
 from classifier.data.transforms import InputSpec
 from classifier.engine.module import ClassifierModule
@@ -139,7 +137,6 @@ def write_model_card(output_dir: Path, card: dict[str, Any]) -> Path:
 
 
 def write_run_model_card(
-    cfg: DictConfig,
     output_dir: Path,
     module: ClassifierModule,
     datamodule: ClassificationDataModule,
@@ -147,11 +144,11 @@ def write_run_model_card(
     report: EvaluationReport,
     checkpoint: str | None,
     training: dict | None,
+    measure_cpu_speed: bool = True,
 ) -> None:
-    """model_card.yaml, with the CPU inference figures unless cfg.measure_cpu_speed is false."""
+    """model_card.yaml, with the CPU inference figures when `measure_cpu_speed`."""
     spec = datamodule.input_spec
-    measure = to_flag(cfg.get("measure_cpu_speed", True), "measure_cpu_speed")
-    inference = cpu_inference_speed(module.net, spec.img_size) if measure else None
+    inference = cpu_inference_speed(module.net, spec.img_size) if measure_cpu_speed else None
     card = model_card(
         net=module.net,
         class_names=module.class_names,

@@ -44,12 +44,9 @@ def evaluate_and_report(
     Returns the metrics written to metrics.json, and the report (every process gets both).
     """
     splits = ["val", "test"] if datamodule.has_test else ["val"]
-    module.keep_outputs = calibrate
-    try:
+    with module.scoring(keep_outputs=calibrate):
         _run_splits(trainer, module, datamodule, splits)
         calibration = _calibrate(module, splits) if calibrate else None
-    finally:
-        module.keep_outputs = False
     metrics = {key: value for split in splits for key, value in _summary(module, split).items()}
     split = splits[-1]
     confidences, correct = module.calibration_data(split)  # collective: every process gathers
@@ -126,8 +123,7 @@ def _evaluate_with_tta(
 ) -> dict[str, Any]:
     """Every split again with test-time augmentation: its metrics, and top-1 with and without it."""
     tta = TestTimeAugmentation(datamodule.input_spec.img_size, flip=datamodule.trains_with_flips)
-    module.tta = tta
-    try:
+    with module.scoring(tta=tta):
         _run_splits(trainer, module, datamodule, splits)
         metrics = {
             key: value
@@ -135,8 +131,6 @@ def _evaluate_with_tta(
             for key, value in _summary(module, split).items()
             if not key.endswith("/loss")  # the plain network's, as without TTA
         }
-    finally:
-        module.tta = None
     summary: dict[str, Any] = {"views": tta.view_names, "metrics": metrics}
     for split in splits:
         summary[split] = {"top1": metrics[f"{split}/top1"], "top1_without": plain[f"{split}/top1"]}
@@ -150,6 +144,11 @@ def _evaluate_with_tta(
     return summary
 
 
-def evaluation_flags(cfg: DictConfig) -> tuple[bool, bool]:
-    """(calibrate, tta), each checked to be true or false."""
-    return to_flag(cfg.get("calibrate"), "calibrate"), to_flag(cfg.get("tta"), "tta")
+def evaluation_flags(cfg: DictConfig) -> tuple[bool, bool, bool]:
+    """(calibrate, tta, measure_cpu_speed) of a train.py or eval.py config, each checked to be true or
+    false: read before the run starts, so a mistyped value is not found after training."""
+    return (
+        to_flag(cfg.get("calibrate"), "calibrate"),
+        to_flag(cfg.get("tta"), "tta"),
+        to_flag(cfg.get("measure_cpu_speed", True), "measure_cpu_speed"),
+    )

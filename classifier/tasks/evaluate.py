@@ -30,7 +30,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     evaluate it and write the reports into this run's directory."""
     L.seed_everything(cfg.seed, workers=True)
     data_overrides = OmegaConf.to_container(cfg.get("data") or {}, resolve=True)
-    calibrate, tta = evaluation_flags(cfg)
+    calibrate, tta, measure_cpu_speed = evaluation_flags(cfg)
     saved = load_model(cfg.ckpt_path)
     module, datamodule = saved.module, saved_datamodule(saved, data_overrides)
     trainer = build_trainer(cfg, with_loggers=False)
@@ -50,6 +50,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             save_with_temperature(cfg.ckpt_path, module.temperature, calibrated)
             log.info("the checkpoint with its temperature: %s (use it with predict.py)", calibrated)
         write_run_model_card(
-            cfg, output_dir, module, datamodule, saved.config, report, cfg.ckpt_path, saved.training
+            output_dir,
+            module,
+            datamodule,
+            saved.config,
+            report,
+            cfg.ckpt_path,
+            saved.training,
+            measure_cpu_speed,
         )
     return metrics

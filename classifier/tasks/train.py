@@ -28,7 +28,7 @@ from classifier.engine.build import (
 )
 from classifier.engine.devices import sweep_job_device
 from classifier.engine.module import ClassifierModule
-from classifier.engine.tuning import tune_hyperparameters
+from classifier.engine.tuning import tuned_config
 from classifier.errors import CTRL_C_EXIT, SIGTERM_EXIT, RunInterrupted
 from classifier.evaluation.machine import peak_resident_mib
 from classifier.evaluation.model_card import write_run_model_card
@@ -66,12 +66,13 @@ def _sweep_dir() -> str | None:
 
 
 def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
+    calibrate, tta, measure_cpu_speed = evaluation_flags(cfg)
+    cfg = tuned_config(cfg, output_dir)  # what the tuners find is decided before anything is built
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(
         cfg.data, pretrained_input_overrides(cfg.data, cfg.model), augment=cfg.get("augment")
     )
     module = build_module(cfg, datamodule)
-    tune_hyperparameters(cfg, module, datamodule, output_dir)  # before the config is recorded
     config = run_config(cfg)
     metadata = RunMetadata(config, datamodule.class_names, datamodule.input_spec.to_dict())
     on_interrupt = CheckpointOnInterrupt(output_dir / LAST)
@@ -93,11 +94,11 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
             "precision": str(trainer.precision),
             "peak_resident_mib": peak_resident_mib(),  # of this process (rank), training included
         }
-        metrics, best, report = _evaluate_best(
-            trainer, module, datamodule, output_dir, *evaluation_flags(cfg)
-        )
+        metrics, best, report = _evaluate_best(trainer, module, datamodule, output_dir, calibrate, tta)
         if report is not None and trainer.is_global_zero:
-            write_run_model_card(cfg, output_dir, module, datamodule, config, report, best, training)
+            write_run_model_card(
+                output_dir, module, datamodule, config, report, best, training, measure_cpu_speed
+            )
         return metrics
     except (KeyboardInterrupt, SystemExit) as exc:
         # Lightning turns Ctrl-C into sys.exit(1), raised while handling the KeyboardInterrupt, and
