@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import train_throughput  # noqa: E402
 
 from classifier.data import CIFAR10DataModule  # noqa: E402
-from classifier.data.base import default_num_workers  # noqa: E402
+from classifier.data.loaders import default_num_workers  # noqa: E402
 from classifier.engine.precision import cpu_computes_bf16  # noqa: E402
 from classifier.evaluation.machine import cpu_inference_speed, hardware, software  # noqa: E402
 from classifier.models import create_model  # noqa: E402
@@ -83,7 +83,7 @@ def pipeline(data: Path, batch_size: int, batches: int = 60) -> list[dict]:
     ):
         cold = module(decoded_cache=True)
         started = time.perf_counter()
-        cold._decoded_arrays("train")
+        cold.decoded_arrays("train")
         decode = len(cold.dataset("train")) / (time.perf_counter() - started)
         rate = timed(cold)
     rows.append({"loader": "decoded cache", "images_per_s": rate})

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tutorial_loop import TutorialCNN  # noqa: E402  (the network of the loop a user writes)
 
 from classifier.data import CIFAR10DataModule  # noqa: E402
-from classifier.data.base import Transformed  # noqa: E402
+from classifier.data.loaders import Transformed  # noqa: E402
 from classifier.models import ScratchCNN  # noqa: E402
 from classifier.optim.schedulers import warmup_cosine  # noqa: E402
 

@@ -32,7 +32,8 @@ from torchvision.transforms import v2
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from classifier.data.base import default_num_workers, split_off_val  # noqa: E402
+from classifier.data.loaders import default_num_workers  # noqa: E402
+from classifier.data.splits import split_off_val  # noqa: E402
 from classifier.models import ScratchCNN  # noqa: E402
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # as in conf/data/cifar10.yaml

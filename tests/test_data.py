@@ -13,8 +13,8 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from classifier.data import CIFAR10DataModule, CSVDataModule, DigitsDataModule, ImageFolderDataModule, verify
-from classifier.data.base import default_num_workers
 from classifier.data.images import load_rgb, to_rgb
+from classifier.data.loaders import default_num_workers
 from classifier.errors import UserError
 
 

@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from torch.utils.data import DataLoader
 
 from classifier.data import DigitsDataModule, ImageFolderDataModule
-from classifier.data.base import Transformed
+from classifier.data.loaders import Transformed
 from classifier.engine.build import build_datamodule
 from classifier.errors import UserError
 from classifier.foundation import features as features_module

@@ -14,8 +14,9 @@ from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
 from torch.utils.data import WeightedRandomSampler
 
-from classifier.data.base import ClassificationDataModule, Splits
+from classifier.data.base import ClassificationDataModule
 from classifier.data.memory import TensorImageDataset
+from classifier.data.splits import Splits
 from classifier.engine.build import build_datamodule
 from classifier.errors import UserError, describe_user_error
 

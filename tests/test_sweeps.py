@@ -16,7 +16,7 @@ from conftest import REPO, ready
 from omegaconf import OmegaConf
 
 from classifier.data import DigitsDataModule
-from classifier.data.base import targets_of
+from classifier.data.splits import targets_of
 from classifier.errors import UserError
 from classifier.run.sweeps import SUMMARY_CSV, SUMMARY_MD, main, summarize, write_summary
 

@@ -10,9 +10,10 @@ import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import download_and_extract_archive
 
-from classifier.data.base import ClassificationDataModule, Splits
+from classifier.data.base import ClassificationDataModule
 from classifier.data.folder import find_class_names, is_image_folder_tree, read_image_folder
 from classifier.data.memory import TensorImageDataset
+from classifier.data.splits import Splits
 from classifier.errors import UserError
 from classifier.files import expand_path
 

@@ -7,9 +7,10 @@ import logging
 from functools import cached_property
 from pathlib import Path
 
-from classifier.data.base import ClassificationDataModule, Splits
+from classifier.data.base import ClassificationDataModule
 from classifier.data.images import ImageFileDataset, has_image_files, is_ignored, iter_image_files
 from classifier.data.sizing import SAMPLE_SIZE, infer_input_side, spread_sample
+from classifier.data.splits import Splits
 from classifier.data.verify import checked_dataset
 from classifier.errors import UserError
 from classifier.files import expand_path

@@ -9,7 +9,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
-from classifier.data.base import ClassificationDataModule, Splits
+from classifier.data.base import ClassificationDataModule
+from classifier.data.splits import Splits
 
 
 class TensorImageDataset(Dataset):

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from classifier.data.base import ClassificationDataModule, Splits
+from classifier.data.base import ClassificationDataModule
 from classifier.data.images import load_rgb
+from classifier.data.splits import Splits
 from classifier.data.transforms import native_side
 from classifier.errors import UserError
 
@@ -187,7 +188,8 @@ class StreamingDataModule(ClassificationDataModule):
 
     def __init__(self, root: str, cache_dir: str | None = None, max_cache_size: str = "50GB", **kwargs):
         super().__init__(**kwargs)
-        if self.sampler is not None or self.folds is not None or self.shots_per_class is not None:
+        policy = self.split_policy
+        if self.sampler is not None or policy.folds is not None or policy.shots_per_class is not None:
             raise UserError(
                 "data=litdata streams its images: no data.sampler, data.folds or data.shots_per_class"
             )

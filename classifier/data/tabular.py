@@ -8,8 +8,9 @@ import io
 from functools import cached_property
 from pathlib import Path
 
-from classifier.data.base import ClassificationDataModule, Splits
+from classifier.data.base import ClassificationDataModule
 from classifier.data.sizing import infer_input_side, spread_sample
+from classifier.data.splits import Splits
 from classifier.data.verify import checked_dataset
 from classifier.errors import UserError
 from classifier.files import expand_path

@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from classifier.config_values import to_flag, to_number
-from classifier.data.base import default_num_workers
 from classifier.data.images import is_ignored, is_image_file, iter_image_files, load_rgb
+from classifier.data.loaders import default_num_workers
 from classifier.data.transforms import InputSpec, create_eval_transform
 from classifier.engine.build import uses_pretrained_weights
 from classifier.engine.devices import inference_device
