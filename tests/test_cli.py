@@ -159,3 +159,17 @@ def test_the_readme_probe_command_works_as_typed(tmp_path):
         f"{split}/{name}" for split in ("val", "test") for name in ("top1", "top5", "ece")
     }
     assert len(list((tmp_path / "cache" / "classifier" / "features").glob("*.pt"))) == 3
+
+
+def test_the_sweep_summary_command_as_typed_and_its_old_name(tmp_path):
+    result = run_script("-m", "classifier.run.sweeps", str(tmp_path))
+    assert result.returncode == 1
+    assert (
+        result.stdout.strip()
+        == f"ERROR: {tmp_path} is not a sweep directory (no job folders with a .hydra/ inside)"
+    )
+    old = run_script("-m", "classifier.sweeps", str(tmp_path))
+    assert old.returncode == 1 and "Traceback" not in old.stderr
+    assert (
+        old.stderr.strip() == "python -m classifier.sweeps is now: python -m classifier.run.sweeps SWEEP_DIR"
+    )

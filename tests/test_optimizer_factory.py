@@ -30,7 +30,7 @@ def test_any_timm_optimizer_by_name_with_decay_only_on_weights(compose_train):
 
 
 def test_an_optimizer_argument_is_one_config_key(compose_train):
-    optimizer, _ = built_optimizer(compose_train, "+optimizer.eps=1e-6", "optimizer.betas=[0.8,0.9]")
+    optimizer, _ = built_optimizer(compose_train, "optimizer.eps=1e-6", "optimizer.betas=[0.8,0.9]")
     assert type(optimizer) is torch.optim.AdamW
     assert optimizer.defaults["eps"] == 1e-6 and optimizer.defaults["betas"] == (0.8, 0.9)
 
