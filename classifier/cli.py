@@ -38,7 +38,7 @@ _QUIET_WARNINGS = (
     # resume line says so (classifier.callbacks.checkpointing.RunMetadata).
     r".*resuming from a checkpoint that ended before the epoch ended.*",
     r".*Checkpoint directory .* exists and is not empty.*",  # a resumed run's, or resume=false's
-    # bf16 training steps on the CPU (classifier/precision.py): the summary's size is of float32 weights
+    # bf16 training steps on the CPU (engine/precision.py): the summary's size is of float32 weights
     r".*Precision bf16-mixed is not supported by the model summary.*",
     # data=litdata: LitData's streaming dataset shards itself over loader workers and processes.
     r".*Your `IterableDataset` has `__len__` defined.*",

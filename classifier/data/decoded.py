@@ -173,7 +173,7 @@ class DecodedBatches(Dataset):
 
     def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
         index = torch.as_tensor(indices, device=self.images.device)
-        # a list, as default_collate makes: callbacks replace its items in place (classifier/mixing.py)
+        # a list, as default_collate makes: callbacks replace its items in place (callbacks/mixing.py)
         return [self.transform(self.images[index]), self.labels[index]]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

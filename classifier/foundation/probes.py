@@ -146,7 +146,7 @@ def probability_metrics(
     probabilities: torch.Tensor, labels: torch.Tensor, num_classes: int, with_nll: bool = True
 ) -> dict[str, Any]:
     """top1, top5 (5+ classes), ece and, `with_nll`, nll and loss (= nll: a probe has no other loss)
-    as training reports them (classifier/metrics.py), the confusion matrix and the reliability bins."""
+    as training reports them (evaluation/metrics.py), the confusion matrix and the reliability bins."""
     probabilities, labels = probabilities.float(), labels.long()
     metrics = create_eval_metrics(num_classes)
     metrics.update(probabilities, labels)
