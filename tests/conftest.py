@@ -1,6 +1,9 @@
 """Shared fixtures: configs composed with Hydra's compose API as users override them, generated
 image folders, trained runs shared by the tests that need a checkpoint (the default 10-epoch one, and a
-cheap one for the fast tests), and a callback that records what a run did batch by batch."""
+cheap one for the fast tests), and a callback that records what a run did batch by batch.
+
+torch and Lightning are imported where they are used, not at the top: `pytest -n` loads this file in
+its controller too, before it starts any worker, and that import alone is seconds of CPU."""
 
 from __future__ import annotations
 
@@ -12,11 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -80,6 +80,8 @@ def one_torch_thread():
     batches are small, so a second thread saves little; and when other work shares the cores, each
     op of two threads waits for the descheduled one (measured on 2 cores under a load of 4 to 7:
     2 epochs of digits in 16 s on one thread, 65 s on two)."""
+    import torch
+
     threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -187,55 +189,77 @@ def small_digits_run(tmp_path_factory) -> tuple[Path, dict[str, float]]:
 RECORD = "+callbacks.record._target_=conftest.BatchRecorder"
 
 
-class BatchRecorder(L.Callback):
-    """What a run did, batch by batch: for each split, (epoch, batch index, labels, sum of the
-    pixels) of every batch outside the sanity check; the train loss of every epoch; its Trainer.
-    Instantiated by Hydra from the run's config (RECORD), so the test finds it in `made`."""
+def batch_recorder_class() -> type:
+    """BatchRecorder, defined on first use (Lightning imported then, see the module's docstring)."""
+    if "BatchRecorder" in globals():
+        return globals()["BatchRecorder"]
+    import lightning as L
+    import torch
 
-    made: list[BatchRecorder] = []
+    class BatchRecorder(L.Callback):
+        """What a run did, batch by batch: for each split, (epoch, batch index, labels, sum of the
+        pixels) of every batch outside the sanity check; the train loss of every epoch; its Trainer.
+        Instantiated by Hydra from the run's config (RECORD), so the test finds it in `made`."""
 
-    def __init__(self) -> None:
-        self.batches: dict[str, list[tuple]] = {"train": [], "val": [], "test": []}
-        self.train_loss: list[float] = []
-        self.anomaly_detection: set[bool] = set()  # whether autograd's anomaly mode was on, per train batch
-        self.trainer: L.Trainer | None = None
-        BatchRecorder.made.append(self)
+        made: list[BatchRecorder] = []
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.trainer = trainer
+        def __init__(self) -> None:
+            self.batches: dict[str, list[tuple]] = {"train": [], "val": [], "test": []}
+            self.train_loss: list[float] = []
+            # whether autograd's anomaly mode was on, per train batch
+            self.anomaly_detection: set[bool] = set()
+            self.trainer: L.Trainer | None = None
+            BatchRecorder.made.append(self)
 
-    def _record(self, split: str, trainer: L.Trainer, batch, batch_idx: int) -> None:
-        if trainer.sanity_checking:
-            return
-        images, labels = batch[0], batch[1]  # Mixup/CutMix append soft targets
-        entry = (trainer.current_epoch, batch_idx, labels.tolist(), images.double().sum().item())
-        self.batches[split].append(entry)
+        def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+            self.trainer = trainer
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._record("train", trainer, batch, batch_idx)
-        self.anomaly_detection.add(torch.is_anomaly_enabled())
+        def _record(self, split: str, trainer: L.Trainer, batch, batch_idx: int) -> None:
+            if trainer.sanity_checking:
+                return
+            images, labels = batch[0], batch[1]  # Mixup/CutMix append soft targets
+            entry = (trainer.current_epoch, batch_idx, labels.tolist(), images.double().sum().item())
+            self.batches[split].append(entry)
 
-    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        self._record("val", trainer, batch, batch_idx)
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self._record("train", trainer, batch, batch_idx)
+            self.anomaly_detection.add(torch.is_anomaly_enabled())
 
-    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        self._record("test", trainer, batch, batch_idx)
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+            self._record("val", trainer, batch, batch_idx)
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.train_loss.append(float(trainer.callback_metrics["train/loss"]))
+        def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+            self._record("test", trainer, batch, batch_idx)
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self.train_loss.append(float(trainer.callback_metrics["train/loss"]))
+
+    globals()["BatchRecorder"] = BatchRecorder
+    return BatchRecorder
+
+
+def __getattr__(name: str):
+    # `from conftest import BatchRecorder` and Hydra's _target_=conftest.BatchRecorder end here (PEP 562).
+    if name == "BatchRecorder":
+        return batch_recorder_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @pytest.fixture
-def recorders() -> Iterator[list[BatchRecorder]]:
+def recorders() -> Iterator[list]:
     """The BatchRecorders made by the runs of this test that had RECORD among their overrides, in order."""
-    BatchRecorder.made = []
-    yield BatchRecorder.made
-    BatchRecorder.made = []
+    recorder = batch_recorder_class()
+    recorder.made = []
+    yield recorder.made
+    recorder.made = []
 
 
 def recomputed_metrics(ckpt_path: Path) -> dict[str, float]:
     """top1, top5 (5+ classes) and loss of a checkpoint on every held-out split, computed here in
     plain torch over the whole split: what metrics.json should say, by other code than the run's."""
+    import torch
+    import torch.nn.functional as F
+
     module, datamodule = load_run(str(ckpt_path))
     module.eval()
     metrics = {}

@@ -87,6 +87,7 @@ def train94():
 """
 
 
+@pytest.mark.process  # airbench's stand-in runs in python -c
 def test_airbenchs_own_clock_and_tta_accuracy_are_read_from_its_cpu_run(tmp_path, monkeypatch):
     # --device cpu: the same reading of its table as on a GPU, after the patches that let it run here
     package = tmp_path / "airbench"
@@ -99,6 +100,7 @@ def test_airbenchs_own_clock_and_tta_accuracy_are_read_from_its_cpu_run(tmp_path
     assert result["call_s"] > 0 and result["command_s"] >= result["call_s"]
 
 
+@pytest.mark.process  # benchmarks/tutorial_loop.py as typed
 def test_the_tutorial_loop_trains_and_scores_the_test_folder(small_cifar):
     done = subprocess.run(
         [sys.executable, "benchmarks/tutorial_loop.py", "--data", str(small_cifar), "--workers", "0"],

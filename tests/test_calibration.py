@@ -91,6 +91,7 @@ def test_tta_averages_the_softmax_of_the_views_at_the_temperature():
     assert not torch.allclose(probabilities, (net(images) / 2.0).softmax(1))  # the views matter
 
 
+@pytest.mark.long
 def test_eval_calibrates_and_augments_a_checkpoint(small_digits_run, tmp_path):
     run_dir, trained = small_digits_run
     best = run_dir / "checkpoints" / "best.ckpt"

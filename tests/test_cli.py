@@ -15,7 +15,7 @@ import torch
 from conftest import CONF_DIR, REPO, write_image_folder
 
 # Each test here starts Python processes (~9 s each once torch is imported).
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.process]
 
 QUIET = ["trainer.accelerator=cpu", "trainer.enable_model_summary=false"]
 

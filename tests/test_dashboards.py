@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
@@ -27,6 +28,7 @@ def tensorboard_images(run_dir) -> dict[str, list[int]]:
     return steps
 
 
+@pytest.mark.long  # 3 epochs with every figure
 def test_a_run_logs_its_images_every_epoch_and_draws_its_curves(compose_train, tmp_path):
     run_dir = tmp_path / "run"
     train(

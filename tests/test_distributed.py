@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import REPO, recomputed_metrics
 
-pytestmark = pytest.mark.slow  # two Python processes with torch: ~30 s
+pytestmark = [pytest.mark.slow, pytest.mark.process]  # two Python processes with torch: ~30 s
 
 
 def test_ddp_cpu_is_one_run_whose_metrics_cover_both_processes(tmp_path):

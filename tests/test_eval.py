@@ -28,6 +28,7 @@ def test_eval_reproduces_the_training_metrics(small_digits_run, tmp_path):
     assert (tmp_path / "confusion_matrix.png").is_file()
 
 
+@pytest.mark.long  # a training run first
 def test_eval_on_another_folder_and_its_mistakes(compose_train, tmp_path):
     root = write_image_folder(tmp_path / "a", {"train": 8, "val": 3})
     train(

@@ -30,6 +30,7 @@ def test_cpu_speed_is_per_image_latency_and_batch_throughput():
     assert speed["input"] == [3, 8, 8] and speed["threads"] == torch.get_num_threads()
 
 
+@pytest.mark.long
 def test_a_run_and_an_evaluation_write_their_model_cards(small_digits_run, tmp_path):
     run_dir, metrics = small_digits_run
     card = yaml.safe_load((run_dir / "model_card.yaml").read_text())

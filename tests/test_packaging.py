@@ -13,6 +13,7 @@ import pytest
 from conftest import CONF_DIR, REPO
 
 
+@pytest.mark.process
 @pytest.mark.slow  # builds a wheel and trains with it in other processes
 def test_wheel_ships_the_configs_and_trains_outside_the_repo(tmp_path):
     source = tmp_path / "src"  # a copy, so the build leaves nothing in the repository

@@ -85,6 +85,7 @@ def test_predictions_on_the_val_folder_are_the_checkpoints_val_evaluation(folder
         assert float(row["top1_prob"]) >= float(row["top2_prob"]) and row["top2_label"] != row["label"]
 
 
+@pytest.mark.long
 def test_files_globs_unreadable_images_and_json(folder_run, tmp_path):
     root, ckpt, _ = folder_run
     photos = tmp_path / "photos"
@@ -118,6 +119,7 @@ def test_files_globs_unreadable_images_and_json(folder_run, tmp_path):
         run_predict(tmp_path, f"ckpt_path={ckpt}", f"input={photos}", "gradcam=maybe")
 
 
+@pytest.mark.long
 def test_no_checkpoint_needs_imagenet_weights_and_names_imagenet_classes(tmp_path):
     from timm.data import ImageNetInfo
 
@@ -191,6 +193,7 @@ def test_gradcam_maps_have_the_image_size_and_are_not_constant(name, options):
     assert heat.shape == (90, 120) and heat.std() > 0.01
 
 
+@pytest.mark.long
 def test_predict_writes_gradcam_overlays_at_each_images_own_size(folder_run, tmp_path):
     root, ckpt, _ = folder_run
     photos = tmp_path / "photos"

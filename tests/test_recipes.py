@@ -393,6 +393,7 @@ def test_a_cpu_with_bf16_arithmetic_trains_in_bf16_and_evaluates_in_float32(monk
     assert precision_arguments("32-true", "auto") == {"precision": "32-true", "plugins": []}
 
 
+@pytest.mark.long  # torch.compile's import alone
 def test_channels_last_and_compile_switches(compose_train):
     module = ClassifierModule(
         ScratchCNN(num_classes=3, width=4), ["a", "b", "c"], channels_last=True, compile=True
@@ -430,6 +431,7 @@ def test_gradient_accumulation_and_clipping_reach_the_trainer(compose_train):
 
 # -- named experiments ------------------------------------------------------------------------------------
 EXPERIMENTS = sorted(path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml"))
+LONG_EXPERIMENTS = {"cifar10_resnet18", "cifar10_vit", "deit_finetune", "finetune", "linear_probe"}
 
 
 @pytest.fixture(scope="module")
@@ -459,7 +461,10 @@ def test_every_experiment_is_covered():
     }
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize(
+    "experiment",  # long: ResNets and ViTs on the CPU; digits_cpu, cifar10_speedrun and cnn_vs_vit stay fast
+    [pytest.param(e, marks=pytest.mark.long) if e in LONG_EXPERIMENTS else e for e in EXPERIMENTS],
+)
 def test_each_experiment_composes_and_runs_a_fast_dev_run(
     compose_train, experiment, experiment_inputs, recorders
 ):

@@ -161,6 +161,7 @@ def wait_for(condition, process: subprocess.Popen, seconds: float = 300) -> None
     assert condition(), "the run ended or timed out first"
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_sigterm_then_kill_9_then_the_printed_command_finishes_the_run(tmp_path):
     """SIGTERM (schedulers, docker stop): last.ckpt saved, exit 143, a resume command printed. That

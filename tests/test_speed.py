@@ -14,6 +14,7 @@ from classifier.callbacks.progress import seconds_since_process_start
 from classifier.tasks.train import train
 
 
+@pytest.mark.long
 def test_a_run_logs_its_speed_and_how_long_it_took_to_start(compose_train, tmp_path):
     cfg = compose_train(
         "logger=csv",

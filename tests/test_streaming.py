@@ -59,6 +59,7 @@ def test_the_stream_yields_the_folders_images_and_labels(converted):
     assert epochs[0] != epochs[1]  # a new shuffle each epoch
 
 
+@pytest.mark.long
 def test_a_run_on_the_stream_trains_and_evaluates_from_its_checkpoint(converted, compose_train, tmp_path):
     _, output, _ = converted
     overrides = [

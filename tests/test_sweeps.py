@@ -46,6 +46,7 @@ def the_sweep(cwd):
     return sweep
 
 
+@pytest.mark.process
 @pytest.mark.slow  # a sweep of 4 jobs in another process
 def test_a_2x2_multirun_summarises_every_job_and_a_failed_one_does_not_stop_the_sweep(tmp_path):
     result = multirun(
@@ -181,6 +182,7 @@ def test_the_optuna_search_space_reads_hydras_sweep_syntax():
     assert search_space(["seed=7"]) == ({}, {"seed": "7"})
 
 
+@pytest.mark.process
 @pytest.mark.slow  # two sweeps in other processes
 def test_a_3_trial_optuna_study_reports_its_best_trial_and_resumes_from_its_storage(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -245,6 +247,7 @@ def test_the_slurm_launcher_and_trainer_configs_fit_together(tmp_path):
     assert (cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.num_nodes) == ("ddp", 4, 2)
 
 
+@pytest.mark.process  # the lock's holder is a python -c
 def test_jobs_side_by_side_claim_different_gpus_and_free_them(tmp_path):
     from classifier.engine.devices import claim_gpu
 
@@ -290,6 +293,7 @@ def test_one_gpu_per_job_applies_to_single_device_jobs_on_several_gpus(compose_t
     assert not wants_one_gpu(compose_train("trainer.accelerator=gpu"))
 
 
+@pytest.mark.process
 @pytest.mark.slow  # sweeps whose jobs run in processes of their own
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_a_launcher_runs_jobs_in_their_own_processes_and_folders(tmp_path, launcher):
@@ -318,6 +322,7 @@ def test_a_launcher_runs_jobs_in_their_own_processes_and_folders(tmp_path, launc
     assert len(pids) == 2 and os.getpid() not in pids  # neither job ran in the sweep's own process
 
 
+@pytest.mark.process
 @pytest.mark.slow  # a CNN and a ViT, a few steps each, in another process
 def test_the_cnn_vs_vit_study_trains_both_under_one_recipe_and_prints_their_table(tmp_path):
     from conftest import write_cifar_batches

@@ -132,6 +132,7 @@ def test_csv_run_with_split_column(compose_train, tmp_path):
     assert "split: val (6 images)" in report and "green" in report
 
 
+@pytest.mark.long
 def test_cifar10_run_on_torchvision_format_files(compose_train, tmp_path):
     classes = write_cifar_batches(tmp_path / "data", "cifar10")
     cfg = compose_train(

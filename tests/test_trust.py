@@ -154,6 +154,7 @@ def test_atomically_written_files_follow_the_umask(tmp_path, umask):
     )
 
 
+@pytest.mark.long
 def test_the_tensorboard_events_hold_the_confusion_matrix_when_train_returns(
     compose_train, tmp_path, monkeypatch
 ):
@@ -193,6 +194,7 @@ def test_debug_fdr_writes_no_reports_and_leaves_other_libraries_at_warning(compo
 # -- the run directory -------------------------------------------------------------------------
 
 
+@pytest.mark.long
 def test_a_second_run_in_a_busy_run_dir_is_refused(compose_train, tmp_path):
     with run_dir_lock(tmp_path / "run"), pytest.raises(UserError, match="is in use by another run \\(pid "):
         train(compose_train(*SHORT, "trainer.max_epochs=1"))
@@ -229,6 +231,7 @@ def short_run(finished_short_run, tmp_path) -> Path:
     return tmp_path / "run"
 
 
+@pytest.mark.long  # finished_short_run trains 2 epochs; its users are all long
 def test_an_unreadable_last_checkpoint_says_what_to_do(compose_train, short_run):
     last = short_run / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated, as by a full disk
@@ -246,6 +249,7 @@ def test_an_unreadable_last_checkpoint_says_what_to_do(compose_train, short_run)
     assert last_checkpoint(short_run)["global_step"] == 4
 
 
+@pytest.mark.long  # a finished 2-epoch run (finished_short_run) to refuse
 def test_rerunning_a_run_dir_with_other_data_or_model_is_refused(compose_train, short_run, tmp_path):
     root = write_image_folder(tmp_path / "pets", {"train": 6, "val": 2})
     other_data = ["data=imagefolder", f"data.root={root}", "data.img_size=32", "data.num_workers=0"]
@@ -257,6 +261,7 @@ def test_rerunning_a_run_dir_with_other_data_or_model_is_refused(compose_train, 
         train(compose_train(*SHORT, "model.width=16", "trainer.max_epochs=3"))
 
 
+@pytest.mark.long
 def test_a_moved_run_dir_keeps_its_best_checkpoint_record(compose_train, short_run, tmp_path):
     moved = tmp_path / "moved"
     shutil.move(short_run, moved)
@@ -321,6 +326,7 @@ def restore_sigint():
 @pytest.mark.parametrize(
     "how, status", [("sigterm", SIGTERM_EXIT), ("ctrl-c", CTRL_C_EXIT), ("sigusr1", SIGUSR1_EXIT)]
 )
+@pytest.mark.long  # a run and its resume, 3 ways
 def test_an_interrupt_saves_last_ckpt_mid_epoch_and_the_same_command_resumes(
     compose_train, tmp_path, restore_sigint, how, status
 ):
@@ -371,6 +377,7 @@ def test_sigusr1_under_slurm_saves_last_ckpt_and_requeues_the_job(compose_train,
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # put back after training
 
 
+@pytest.mark.long
 def test_the_progress_bar_shows_a_short_set_and_each_epoch_gets_a_summary_line(compose_train, caplog):
     trainer = SimpleNamespace(
         progress_bar_metrics={

@@ -19,6 +19,7 @@ def saved_config(run_dir, name="last.ckpt"):
     return torch.load(run_dir / "checkpoints" / name, weights_only=True)["classifier"]["config"]
 
 
+@pytest.mark.long  # two whole epochs of digits
 def test_the_batch_size_found_is_trained_with_and_kept_on_resume(compose_train, tmp_path, caplog):
     run_dir = tmp_path / "run"
     train(compose_train(*SHORT, "tune.batch_size=true", "tune.max_batch_trials=2"))
@@ -35,6 +36,7 @@ def test_the_batch_size_found_is_trained_with_and_kept_on_resume(compose_train, 
     assert last["global_step"] == 2 * (1149 // 128) and saved_config(run_dir)["data"]["batch_size"] == 128
 
 
+@pytest.mark.long
 def test_the_learning_rate_found_is_trained_with_and_its_curve_saved(compose_train, tmp_path, caplog):
     run_dir = tmp_path / "run"
     overrides = ["tune.lr_find=true", "tune.lr_find_steps=30", "tune.min_lr=1e-5", "tune.max_lr=0.1"]
