@@ -57,6 +57,15 @@ def checked_by_library(group: str) -> Iterator[None]:
         raise UserError(f"{group}: {first_line_of(exc)}") from exc
 
 
+def call_configured(factory: Callable[..., Any], group: str, *args: Any, **kwargs: Any) -> Any:
+    """`factory(*args, **kwargs)` for the object the `group` config describes: its arguments checked
+    against the factory's signature first, then what the library checks while building it reported
+    as a UserError naming the group (check_arguments, checked_by_library)."""
+    check_arguments(factory, group, *args, **kwargs)
+    with checked_by_library(group):
+        return factory(*args, **kwargs)
+
+
 def _is_library_check(exc: Exception) -> bool:
     # Lightning's MisconfigurationException is matched by name: this module must not import Lightning.
     names = {cls.__name__ for cls in type(exc).__mro__}

@@ -16,7 +16,7 @@ from classifier.data import ClassificationDataModule
 from classifier.data.transforms import is_small
 from classifier.engine.module import ClassifierModule
 from classifier.engine.precision import check_accelerator, precision_arguments
-from classifier.errors import UserError, check_arguments, checked_by_library
+from classifier.errors import UserError, call_configured
 from classifier.models import check_model_name, pretrained_input
 from classifier.run.checkpoints import AtomicCheckpointIO
 
@@ -58,6 +58,14 @@ def build_datamodule(
     datamodule.prepare_data()
     datamodule.setup()
     return datamodule
+
+
+def build_run_datamodule(cfg: DictConfig) -> ClassificationDataModule:
+    """A train.py run's data module: cfg.data with the input settings of cfg.model's pretrained
+    weights and the run's augmentation."""
+    return build_datamodule(
+        cfg.data, pretrained_input_overrides(cfg.data, cfg.model), augment=cfg.get("augment")
+    )
 
 
 def build_net(model_cfg: DictConfig, num_classes: int, img_size: int) -> nn.Module:
@@ -112,9 +120,7 @@ def build_trainer(
         "plugins": [AtomicCheckpointIO(), *precision["plugins"]],
         "precision": precision["precision"],
     }
-    check_arguments(create_trainer, "trainer", **arguments)
-    with checked_by_library("trainer"):
-        return create_trainer(**arguments)
+    return call_configured(create_trainer, "trainer", **arguments)
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from torch import nn
 from torchmetrics import CatMetric, MaxMetric, MeanMetric
 from torchmetrics.utilities.data import dim_zero_cat  # where torchmetrics 1.0 has it too
 
-from classifier.errors import UserError, check_arguments, checked_by_library
+from classifier.errors import UserError, call_configured
 from classifier.evaluation.metrics import create_eval_metrics, create_top1, metric_key_part
 from classifier.evaluation.tta import TestTimeAugmentation
 from classifier.models.structure import hold_frozen_norms
@@ -291,9 +291,7 @@ class ClassifierModule(L.LightningModule):
         if self.optimizer_factory is None:
             raise UserError("no optimizer configured: set optimizer=adamw or optimizer=sgd")
         scale = self.hparams.pretrained_backbone_lr_scale if self.hparams.pretrained_backbone else 1.0
-        check_arguments(self.optimizer_factory, "optimizer", self.net, backbone_lr_scale=scale)
-        with checked_by_library("optimizer"):
-            optimizer = self.optimizer_factory(self.net, backbone_lr_scale=scale)
+        optimizer = call_configured(self.optimizer_factory, "optimizer", self.net, backbone_lr_scale=scale)
         if self.scheduler_factory is None:
             return optimizer
         total_steps = self.trainer.estimated_stepping_batches
@@ -305,7 +303,5 @@ class ClassifierModule(L.LightningModule):
             )
         steps_per_epoch = max(1, self.trainer.num_training_batches // self.trainer.accumulate_grad_batches)
         schedule = {"total_steps": int(total_steps), "steps_per_epoch": steps_per_epoch}
-        check_arguments(self.scheduler_factory, "scheduler", optimizer, **schedule)
-        with checked_by_library("scheduler"):
-            scheduler = self.scheduler_factory(optimizer, **schedule)
+        scheduler = call_configured(self.scheduler_factory, "scheduler", optimizer, **schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

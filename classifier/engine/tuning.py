@@ -17,7 +17,7 @@ from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from classifier.config_values import to_flag, to_number
-from classifier.engine.build import build_datamodule, build_module, pretrained_input_overrides
+from classifier.engine.build import build_module, build_run_datamodule
 from classifier.engine.precision import precision_arguments
 from classifier.errors import UserError
 from classifier.evaluation.reports import save_figure
@@ -99,9 +99,7 @@ def tuned_config(cfg: DictConfig, output_dir: Path) -> DictConfig:
             " on several with the values they found (optimizer.lr=..., data.batch_size=...)"
         )
     L.seed_everything(cfg.seed, workers=True)  # the same weights as the run's own module will start from
-    datamodule = build_datamodule(
-        cfg.data, pretrained_input_overrides(cfg.data, cfg.model), augment=cfg.get("augment")
-    )
+    datamodule = build_run_datamodule(cfg)
     module = build_module(cfg, datamodule)
     folder = output_dir / ".tune"
     try:

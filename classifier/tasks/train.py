@@ -20,10 +20,9 @@ from omegaconf import DictConfig
 from classifier.callbacks.checkpointing import CheckpointOnInterrupt, RunMetadata
 from classifier.data import ClassificationDataModule
 from classifier.engine.build import (
-    build_datamodule,
     build_module,
+    build_run_datamodule,
     build_trainer,
-    pretrained_input_overrides,
     run_config,
 )
 from classifier.engine.devices import sweep_job_device
@@ -69,9 +68,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     calibrate, tta, measure_cpu_speed = evaluation_flags(cfg)
     cfg = tuned_config(cfg, output_dir)  # what the tuners find is decided before anything is built
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(
-        cfg.data, pretrained_input_overrides(cfg.data, cfg.model), augment=cfg.get("augment")
-    )
+    datamodule = build_run_datamodule(cfg)
     module = build_module(cfg, datamodule)
     config = run_config(cfg)
     metadata = RunMetadata(config, datamodule.class_names, datamodule.input_spec.to_dict())
