@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# `make train` installs what the default run needs (the base); `make test` adds the tests' tools and
+# every optional feature (pyproject's dev extra). Each stamp says that set is installed.
+BASE_STAMP := $(VENV)/.installed-base
+DEV_STAMP := $(VENV)/.installed-dev
 # The exact versions CI tested (`make constraints` rewrites it); pyproject.toml keeps the ranges.
 CONSTRAINTS := constraints.txt
 # The oldest versions pyproject.toml allows, one pkg==X per dependency; `make test-floors` proves them.
@@ -12,17 +15,25 @@ FLOORS_VENV := .venv-floors
 CIFAR10_JPG ?= /tmp/cifar10-jpg
 CIFAR10_TAR ?= ../shared/data/cifar10-jpg.tar.gz
 
-.PHONY: install train test test-fast test-floors constraints lint format bench bench-tutorial bench-speedrun clean
+.PHONY: install install-dev train test test-fast test-floors constraints lint format bench bench-tutorial bench-speedrun clean
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
+
+$(BASE_STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install -c $(CONSTRAINTS) -e .
+	touch $@
+
+$(DEV_STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(BIN)/python -m pip install -c $(CONSTRAINTS) -e ".[dev]"
-	touch $(STAMP)
+	touch $@ $(BASE_STAMP)
 
-install: $(STAMP)
+install: $(BASE_STAMP)  ## .venv with what `make train` needs (the optional features: docs/configuration.md#optional-features)
 
-train: $(STAMP)  ## the default run: digits + scratch_cnn on the CPU; extra overrides via ARGS="..."
+install-dev: $(DEV_STAMP)  ## .venv with the tests' tools and every optional feature (what `make test` installs)
+
+train: $(BASE_STAMP)  ## the default run: digits + scratch_cnn on the CPU; extra overrides via ARGS="..."
 	$(BIN)/python train.py $(ARGS)
 
 # Three test processes (pytest-xdist) on two cores: most tests run one single-threaded torch, and many
@@ -30,7 +41,7 @@ train: $(STAMP)  ## the default run: digits + scratch_cnn on the CPU; extra over
 # ~430 s, two 273 s, three 241 s. `pytest tests/x.py` alone runs in one process, for debugging.
 PYTEST_PROCESSES ?= 3
 
-test: $(STAMP)  ## the whole suite (slow real-data tests skip when their data is absent)
+test: $(DEV_STAMP)  ## the whole suite (slow real-data tests skip when their data is absent)
 	$(BIN)/python -m pytest -n $(PYTEST_PROCESSES) $(ARGS)
 
 # The inner loop while changing the code: the tests that start no Python process (`process`: a root
@@ -40,7 +51,7 @@ test: $(STAMP)  ## the whole suite (slow real-data tests skip when their data is
 # 2 cores shared with other work: 44-51 s wall while that work was light, 109 s while it kept both
 # cores busy; ~100 s of CPU either way (the former `not slow`, 296 tests: 250-346 s wall, ~238 s of
 # CPU). `make test` runs all of them: 268 s.
-test-fast: $(STAMP)  ## the fast tests, under a minute: not slow, not process, not long
+test-fast: $(DEV_STAMP)  ## the fast tests, under a minute: not slow, not process, not long
 	$(BIN)/python -m pytest -n $(PYTEST_PROCESSES) -m "not slow and not process and not long" $(ARGS)
 
 # A fresh venv holding exactly the floors (torch's is a download of ~3 GB when not cached).
@@ -67,24 +78,24 @@ constraints:  ## re-resolve constraints.txt: pyproject's ranges into a fresh ven
 	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 	rm -rf .venv-constraints
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: $(STAMP)
+format: $(DEV_STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 $(CIFAR10_JPG):
 	mkdir -p $(dir $(CIFAR10_JPG)) && tar -xzf $(CIFAR10_TAR) -C $(dir $(CIFAR10_JPG))
 
-bench: $(STAMP) $(CIFAR10_JPG)  ## speed on this machine: train.py vs a plain loop, loaders, inference, start-up, scaling (bench-results/)
+bench: $(DEV_STAMP) $(CIFAR10_JPG)  ## speed on this machine: train.py vs a plain loop, loaders, inference, start-up, scaling (bench-results/)
 	$(BIN)/python benchmarks/bench.py --data $(CIFAR10_JPG) $(ARGS)
 
-bench-tutorial: $(STAMP) $(CIFAR10_JPG)  ## train.py vs the tutorial loop a user writes, 1, 2 and 5 epochs, whole commands
+bench-tutorial: $(DEV_STAMP) $(CIFAR10_JPG)  ## train.py vs the tutorial loop a user writes, 1, 2 and 5 epochs, whole commands
 	$(BIN)/python benchmarks/vs_tutorial.py --data $(CIFAR10_JPG) $(ARGS)
 
-bench-speedrun: $(STAMP) $(CIFAR10_JPG)  ## GPU: experiment=cifar10_speedrun vs airbench94 side by side (pip install airbench); no GPU: ARGS="--device cpu --runs 1"
+bench-speedrun: $(DEV_STAMP) $(CIFAR10_JPG)  ## GPU: experiment=cifar10_speedrun vs airbench94 side by side (pip install airbench); no GPU: ARGS="--device cpu --runs 1"
 	$(BIN)/python benchmarks/speedrun_vs_airbench.py --data $(CIFAR10_JPG) $(ARGS)
 
 clean:

@@ -29,6 +29,8 @@ def main(floors_file: str) -> int:
     for text in requires("classifier") or []:
         req = Requirement(text)
         name = canonicalize_name(req.name)
+        if name == "classifier":  # an extra made of other extras (all, dev)
+            continue
         declared.add(name)
         lower = [Version(spec.version) for spec in req.specifier if spec.operator == ">="]
         floor = floors.get(name)
