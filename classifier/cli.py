@@ -23,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from classifier.errors import CTRL_C_EXIT, SIGTERM_EXIT, RunInterrupted, describe_user_error
+from classifier.extras import refuse_overrides_needing_missing_extras
 from classifier.tasks import load_task
 
 log = logging.getLogger("classifier")
@@ -88,6 +89,7 @@ def refuse_renamed_keys(argv: list[str] | None = None) -> None:
 def prepare_argv(argv: list[str] | None = None) -> None:
     """What every root script does to its command line before Hydra reads it."""
     refuse_renamed_keys(argv)
+    refuse_overrides_needing_missing_extras(argv)
     expand_home_in_argv(argv)
 
 

@@ -32,6 +32,7 @@ from classifier.data.images import load_rgb
 from classifier.data.splits import Splits
 from classifier.data.transforms import native_side
 from classifier.errors import UserError
+from classifier.extras import import_for
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,7 @@ def _join(location: str, *parts: str) -> str:
 
 
 def _require_litdata():
-    try:
-        import litdata
-    except ImportError as exc:
-        raise UserError(
-            "data=litdata needs the litdata package: pip install 'classifier[streaming]'"
-        ) from exc
-    return litdata
+    return import_for("data=litdata", "streaming", "litdata")
 
 
 # -- converting ---------------------------------------------------------------------------------------

@@ -14,19 +14,16 @@ from torch import nn
 
 from classifier.data.transforms import InputSpec
 from classifier.errors import UserError
+from classifier.extras import import_for
 
 OVERLAY_ALPHA = 0.5  # share of the heat map's colour in the overlay
 
 
 def _require_grad_cam():
-    try:
-        from pytorch_grad_cam import GradCAM
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-    except ImportError as exc:
-        raise UserError(
-            "gradcam=true needs the grad-cam package: pip install 'classifier[gradcam]' (or grad-cam)"
-        ) from exc
-    return GradCAM, ClassifierOutputTarget
+    grad_cam = import_for("gradcam=true", "gradcam", "pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    return grad_cam.GradCAM, ClassifierOutputTarget
 
 
 def target_layer(net: nn.Module) -> tuple[nn.Module, Callable | None]:

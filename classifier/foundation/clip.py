@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from classifier.errors import UserError, first_line_of
+from classifier.extras import import_for
 from classifier.files import expand_path, file_identity
 from classifier.models.factory import use_hub_cache_when_offline
 
@@ -33,13 +34,7 @@ SCHEMAS = ("local-dir:", "hf-hub:")
 
 
 def open_clip_module():
-    try:
-        import open_clip
-    except ImportError:
-        raise UserError(
-            "zeroshot.py needs open_clip: pip install open_clip_torch (or pip install -e '.[clip]')"
-        ) from None
-    return open_clip
+    return import_for("CLIP (zeroshot.py, fewshot.py's zero-shot row)", "clip", "open_clip")
 
 
 def clip_source(clip_cfg: DictConfig | None, model_cfg: DictConfig) -> tuple[str, str | None]:

@@ -24,6 +24,7 @@ from classifier.data.images import load_rgb
 from classifier.data.transforms import create_eval_transform
 from classifier.engine.from_checkpoint import SavedModel, load_model, saved_datamodule
 from classifier.errors import UserError
+from classifier.extras import import_for
 from classifier.files import current_umask, expand_path, write_atomically
 
 log = logging.getLogger(__name__)
@@ -114,14 +115,8 @@ def _export_onnx(
 ) -> tuple[torch.Tensor | None, str]:
     """torch.onnx's exporter (torch.export based) with a variable batch size, checked with onnx's
     checker; the logits onnxruntime computes for `inputs` (None when it is not installed)."""
-    try:
-        import onnx  # noqa: F401  (the exporter needs both)
-        import onnxscript  # noqa: F401
-    except ImportError as exc:
-        raise UserError(
-            "format=onnx needs the onnx and onnxscript packages: pip install 'classifier[export]'"
-        ) from exc
-    import onnx
+    onnx = import_for("format=onnx", "export", "onnx")
+    import_for("format=onnx", "export", "onnxscript")  # torch.onnx's exporter needs it
 
     batch = torch.export.Dim("batch", min=1)
     options = {"opset_version": int(opset)} if opset is not None else {}
