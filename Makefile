@@ -8,9 +8,13 @@ BASE_STAMP := $(VENV)/.installed-base
 DEV_STAMP := $(VENV)/.installed-dev
 # The exact versions CI tested (`make constraints` rewrites it); pyproject.toml keeps the ranges.
 CONSTRAINTS := constraints.txt
-# The oldest versions pyproject.toml allows, one pkg==X per dependency; `make test-floors` proves them.
+# The oldest versions pyproject.toml allows, one pkg==X per dependency; `make test-floors` proves them,
+# on the oldest Python pyproject.toml allows (requires-python) when this machine has it.
 FLOORS := .ci/floors.txt
 FLOORS_VENV := .venv-floors
+OLDEST_PYTHON := 3.10
+FLOORS_PYTHON ?= $(or $(shell for p in python$(OLDEST_PYTHON) $$HOME/.pyenv/versions/$(OLDEST_PYTHON).*/bin/python3; do \
+	$$p -c "" 2>/dev/null && echo $$p && break; done),$(PYTHON))
 # The CIFAR-10 JPEG ImageFolder for `make bench`, extracted from CIFAR10_TAR when missing.
 CIFAR10_JPG ?= /tmp/cifar10-jpg
 CIFAR10_TAR ?= ../shared/data/cifar10-jpg.tar.gz
@@ -57,7 +61,8 @@ test-fast: $(DEV_STAMP)  ## the fast tests, under a minute: not slow, not proces
 # A fresh venv holding exactly the floors (torch's is a download of ~3 GB when not cached).
 $(FLOORS_VENV)/.installed: pyproject.toml $(FLOORS) .ci/check_floors.py
 	rm -rf $(FLOORS_VENV)
-	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_PYTHON) -m venv $(FLOORS_VENV)
+	@$(FLOORS_VENV)/bin/python -c "import sys; print('test-floors on Python', sys.version.split()[0])"
 	$(FLOORS_VENV)/bin/python -m pip install --upgrade pip
 	$(FLOORS_VENV)/bin/python -m pip install -c $(FLOORS) -e ".[dev]"
 	$(FLOORS_VENV)/bin/python .ci/check_floors.py $(FLOORS)

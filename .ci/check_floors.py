@@ -8,7 +8,7 @@ follow prove the floors pyproject promises, and the two files cannot drift apart
 from __future__ import annotations
 
 import sys
-from importlib.metadata import requires, version
+from importlib.metadata import metadata, requires, version
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -49,7 +49,18 @@ def main(floors_file: str) -> int:
         print(f"check_floors: {problem}", file=sys.stderr)
     if not problems:
         print(f"check_floors: the {len(declared)} dependencies are installed at pyproject's floors")
+        print(f"check_floors: {python_floor_note()}")
     return 1 if problems else 0
+
+
+def python_floor_note() -> str:
+    """Whether this Python is the oldest that pyproject's requires-python allows (the Makefile takes
+    it when the machine has it; otherwise the floors are proven on a newer Python only, said here)."""
+    floor = Version(metadata("classifier")["Requires-Python"].removeprefix(">="))
+    running = Version(".".join(map(str, sys.version_info[:2])))
+    if running == floor:
+        return f"on Python {running}, the oldest requires-python allows"
+    return f"on Python {running}, NOT the oldest requires-python allows ({floor}): not installed here"
 
 
 if __name__ == "__main__":
