@@ -131,24 +131,25 @@ def run_task(name: str, cfg: DictConfig) -> float | None:
     """Run the task `name` (classifier.tasks.TASKS) on `cfg`. A user mistake (a UserError, a missing or
     mistyped config key) ends the process with one ERROR line and exit status 1 instead of a traceback
     (with HYDRA_FULL_ERROR=1 the traceback too); anything else is a bug: the ERROR line says so and
-    the exception goes on with its traceback. Ctrl-C exits with status 130 and SIGTERM with 143 (the
-    run's own log says how to resume). Returns the `optimized_metric` for Hydra sweepers."""
+    the exception goes on with its traceback. Ctrl-C exits with status 130 and SIGTERM with 143, after
+    a WARNING line (the run's own says how to resume). Returns the `optimized_metric` for Hydra sweepers."""
     task = load_task(name)
     _send_lightning_logs_to_hydra()  # after the import: importing Lightning adds its own handler
     with warnings.catch_warnings():
         for pattern in _QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
+        # A stop the user (or a scheduler) asked for is no error: a WARNING, still a non-zero status.
         try:
             metrics = task(cfg)
         except RunInterrupted as exc:
-            log.error("%s", exc)
+            log.warning("%s", exc)
             sys.exit(exc.exit_status)
         except KeyboardInterrupt:
-            log.error("interrupted (Ctrl-C)")
+            log.warning("interrupted (Ctrl-C)")
             sys.exit(CTRL_C_EXIT)
         except SystemExit as exc:
             if _is_sigterm(exc):
-                log.error("stopped by SIGTERM")
+                log.warning("stopped by SIGTERM")
                 sys.exit(SIGTERM_EXIT)
             raise
         except Exception as exc:

@@ -18,7 +18,9 @@ import pytest
 import torch
 from conftest import REPO, BatchRecorder
 
-from classifier.errors import UserError
+from classifier.cli import run_task
+from classifier.errors import CTRL_C_EXIT, UserError
+from classifier.run.changed_config import report_config_changes
 from classifier.tasks.train import train
 
 SHORT = [
@@ -45,7 +47,7 @@ def test_rerun_resumes_at_the_next_epoch_and_resume_false_starts_over(compose_tr
         train(compose_train(*SHORT, "trainer.max_epochs=3"))
     messages = [r.getMessage() for r in caplog.records]
     assert f"resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" in messages
-    assert "resuming at epoch 2 (global step 6)" in messages
+    assert "resuming at epoch 3/3 (global step 6)" in messages  # 1-based, as the epoch lines count
     second = last_checkpoint(run_dir)
     assert (second["epoch"], second["global_step"]) == (2, 9)
     assert second["optimizer_states"][0]["state"]  # optimizer moments came back and went on
@@ -189,11 +191,12 @@ def test_sigterm_then_kill_9_then_the_printed_command_finishes_the_run(tmp_path)
         process.kill()
     assert process.returncode == 143, output[-3000:]
     assert "Traceback" not in output
-    (error,) = [line for line in output.splitlines() if "[ERROR]" in line]
-    assert "stopped by SIGTERM" in error
+    assert "[ERROR]" not in output  # a stop that was asked for
+    (warning,) = [line for line in output.splitlines() if "[WARNING]" in line and "stopped by" in line]
+    assert "stopped by SIGTERM" in warning
     stopped_at = last_checkpoint(tmp_path)["global_step"]
     assert 8 <= stopped_at < 32
-    resume = error.split("resume with: ", 1)[1].split()
+    resume = warning.split("resume with: ", 1)[1].split()
     assert resume[:2] == ["python", "train.py"] and resume[-1] == f"hydra.run.dir={tmp_path}"
 
     written = last.stat().st_mtime_ns
@@ -216,3 +219,101 @@ def test_sigterm_then_kill_9_then_the_printed_command_finishes_the_run(tmp_path)
     final = last_checkpoint(tmp_path)
     assert final["epoch"] == 3 and final["global_step"] == 4 * 8
     assert (tmp_path / "metrics.json").is_file()
+
+
+# -- what the console says about a stop and a resume -----------------------------------------------
+
+
+class CtrlCAt(L.Callback):
+    """Ctrl-C (a KeyboardInterrupt, as Python raises on SIGINT) after batch `batch` (0-based) of
+    epoch `epoch` (0-based)."""
+
+    def __init__(self, epoch: int, batch: int):
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            raise KeyboardInterrupt
+
+
+@pytest.fixture
+def restore_sigint():
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT once it handled Ctrl-C
+    yield
+    signal.signal(signal.SIGINT, handler)
+
+
+@pytest.mark.long  # a run stopped in its 2nd epoch, and its resume
+def test_ctrl_c_is_a_warning_and_the_resume_line_names_the_same_epoch(compose_train, caplog, restore_sigint):
+    short = [*SHORT, "model.width=8", "trainer.max_epochs=3"]
+    stop = [
+        "+callbacks.stop._target_=test_resume.CtrlCAt",
+        "+callbacks.stop.epoch=1",
+        "+callbacks.stop.batch=1",
+    ]
+    with caplog.at_level(logging.INFO, logger="classifier"), pytest.raises(SystemExit) as exit_status:
+        run_task("train", compose_train(*short, *stop))
+    assert exit_status.value.code == CTRL_C_EXIT
+    (stopped,) = [r for r in caplog.records if "stopped by Ctrl-C" in r.getMessage()]
+    assert stopped.levelname == "WARNING"
+    assert "(epoch 2/3, 2 of its 3 batches done, global step 5)" in stopped.getMessage()
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="classifier"):
+        train(compose_train(*short))
+    resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resuming at")]
+    assert resumed == [
+        "resuming at epoch 2/3, 2 of its 3 batches done (global step 5);"
+        " its remaining batches come from a new shuffle"
+    ]
+    epoch_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [line.split()[1] for line in epoch_lines] == ["2/3", "3/3"]  # the stopped epoch, finished
+
+
+@pytest.mark.long  # a run and its resume
+def test_a_resume_with_another_max_epochs_and_lr_says_what_it_does_with_each(compose_train, tmp_path, caplog):
+    """One WARNING: the new max_epochs is used and the schedule stretched; the new lr is not (torch's
+    Optimizer.load_state_dict and the schedule's state bring the checkpoint's back). The checkpoint
+    the resumed run writes shows both."""
+    run_dir = tmp_path / "run"
+    short = [*SHORT, "model.width=8", "logger=none"]
+    train(compose_train(*short, "trainer.max_epochs=1"))
+    with caplog.at_level(logging.WARNING, logger="classifier"):
+        train(compose_train(*short, "trainer.max_epochs=2", "optimizer.lr=0.01"))
+    (warning,) = [r for r in caplog.records if "differ from those" in r.getMessage()]
+    assert warning.levelname == "WARNING"
+    assert warning.getMessage().splitlines() == [
+        f"2 setting(s) differ from those {run_dir / 'checkpoints' / 'last.ckpt'} was trained with:",
+        "  optimizer.lr: 0.001 -> 0.01: not used: the checkpoint's optimizer state (learning rate, weight"
+        " decay, moments) and schedule are restored over it; resume=false starts over with it",
+        "  trainer.max_epochs: 1 -> 2: used: training continues to epoch 2; the learning-rate schedule is"
+        " recomputed for the new length and goes on from step 3 (after a finished decay, the learning rate"
+        " rises again)",
+    ]
+    resumed = last_checkpoint(run_dir)
+    assert (resumed["epoch"], resumed["global_step"]) == (1, 6)  # trained on to epoch 2
+    assert {group["initial_lr"] for group in resumed["optimizer_states"][0]["param_groups"]} == {0.001}
+    assert set(resumed["lr_schedulers"][0]["base_lrs"]) == {0.001}
+
+
+def fit_loop_at(epochs_done: int, schedule: dict | None = None) -> dict:
+    """The parts of a checkpoint the resume message reads: Lightning's fit loop state, the schedules."""
+    progress = {"epoch_progress": {"current": {"processed": epochs_done}}}
+    schedules = [schedule] if schedule else []
+    return {"loops": {"fit_loop": progress}, "lr_schedulers": schedules, "global_step": 40}
+
+
+def test_a_resume_with_fewer_epochs_than_trained_is_one_line_saying_what_to_set():
+    saved, now = {"trainer": {"max_epochs": 10}}, {"trainer": {"max_epochs": 3}}
+    expected = r"^trainer.max_epochs=3 but last.ckpt has trained 4 epochs already: set"
+    with pytest.raises(UserError, match=expected):
+        report_config_changes(fit_loop_at(4), saved, now, "last.ckpt")
+
+
+def test_a_one_cycle_schedule_cannot_be_lengthened_on_resume():
+    """torch's OneCycleLR keeps its total_steps in its state, so a resumed run would stop with
+    'Tried to step 41 times' after the old length."""
+    saved = {"trainer": {"max_epochs": 2}, "scheduler": {"_target_": "...one_cycle"}}
+    now = {"trainer": {"max_epochs": 4}, "scheduler": {"_target_": "...one_cycle"}}
+    with pytest.raises(UserError, match="one-cycle schedule of a fixed length"):
+        report_config_changes(fit_loop_at(2, {"total_steps": 40}), saved, now, "last.ckpt")

@@ -341,7 +341,8 @@ def test_an_interrupt_saves_last_ckpt_mid_epoch_and_the_same_command_resumes(
         train(compose_train(*SHORT, "trainer.max_epochs=3", *stop, f"+callbacks.stop.how={how}"))
     message = str(stopped.value)
     assert stopped.value.exit_status == status
-    assert f"saved {run_dir / 'checkpoints' / 'last.ckpt'} (epoch 2, global step 7)" in message
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert f"saved {last} (epoch 2/3, 3 of its 4 batches done, global step 7)" in message
     assert message.endswith(f"hydra.run.dir={run_dir}")
     if how == "sigusr1":
         assert message.startswith("stopped by SIGUSR1: ") and "not under SLURM: not requeued" in message
@@ -388,7 +389,8 @@ def test_the_progress_bar_shows_a_short_set_and_each_epoch_gets_a_summary_line(c
             "val/loss": 1,
         }
     )
-    assert CompactProgressBar().get_metrics(trainer, None) == {"loss": 0.5, "acc": 0.8, "val_acc": 0.7}
+    # train/* there are the last epoch's; the bar's loss is this epoch's running mean (test_train.py)
+    assert CompactProgressBar().get_metrics(trainer, None) == {"val_acc": 0.7}
     with caplog.at_level(logging.INFO, logger="classifier"):
         train(compose_train(*SHORT, "trainer.max_epochs=2"))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from classifier.callbacks.progress import epoch_of
 from classifier.run.checkpoints import (
     RNG_KEY,
     RUN_KEY,
@@ -87,12 +88,23 @@ class RunMetadata(L.Callback):
             math.isfinite(batches)
             and trainer.global_step % max(1, math.ceil(batches / trainer.accumulate_grad_batches)) != 0
         )
-        log.info(
-            "resuming at epoch %d (global step %d)%s",
-            trainer.current_epoch,
-            trainer.global_step,
-            "; mid-epoch: its remaining batches come from a new shuffle" if mid_epoch else "",
-        )
+        if mid_epoch:
+            log.info(
+                "resuming at %s (global step %d); its remaining batches come from a new shuffle",
+                position_in_epoch(trainer),
+                trainer.global_step,
+            )
+        else:
+            log.info("resuming at epoch %s (global step %d)", epoch_of(trainer), trainer.global_step)
+
+
+def position_in_epoch(trainer: L.Trainer) -> str:
+    """Where training stands within its epoch, as the Ctrl-C message and the resume line both say it:
+    "epoch 2/3, 3 of its 4 batches done" (1-based epoch)."""
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    batches = trainer.num_training_batches
+    of = f" of its {batches}" if math.isfinite(batches) else ""
+    return f"epoch {epoch_of(trainer)}, {done}{of} batches done"
 
 
 def _relocated(path: str, old_dir: str, new_dir: str) -> str:
@@ -164,4 +176,4 @@ class CheckpointOnInterrupt(L.Callback):
         if not (self._training and trainer.training):
             return
         trainer.save_checkpoint(self.path, weights_only=False)
-        self.saved = f"epoch {trainer.current_epoch + 1}, global step {trainer.global_step}"
+        self.saved = f"{position_in_epoch(trainer)}, global step {trainer.global_step}"

@@ -10,7 +10,9 @@ import time
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 
 log = logging.getLogger(__name__)
 
@@ -28,29 +30,59 @@ def seconds_since_process_start() -> float | None:
     return uptime - started_ticks / os.sysconf("SC_CLK_TCK")
 
 
+class JobClock:
+    """How long the current job has been starting. The first job of a process counts from the
+    process's start, since the imports are part of what its user waits for; a later job (Hydra's
+    basic launcher runs a sweep's jobs one after another in one process) from its own start."""
+
+    def __init__(self) -> None:
+        self.jobs = 0
+        self.started: float | None = None  # perf_counter at the current job's start, from the second on
+
+    def start_job(self) -> None:
+        self.jobs += 1
+        self.started = time.perf_counter() if self.jobs > 1 else None
+
+    @property
+    def counts_from_process_start(self) -> bool:
+        return self.started is None
+
+    def seconds(self) -> float | None:
+        if self.started is None:
+            return seconds_since_process_start()
+        return time.perf_counter() - self.started
+
+
+# The one clock of this process: tasks.train starts a job on it, TrainSpeed reads it.
+JOB_CLOCK = JobClock()
+
+
 class TrainSpeed(L.Callback):
     """Logs `train/images_per_sec` each epoch: steady-state speed from the end of the first training
     batch to the end of the last (loader start-up, which Lightning begins before the epoch starts,
     and validation are excluded). `make bench` compares it with a plain loop timed the same way.
-    Also `train/startup_s`, once: seconds from the process's start to its first training step
-    (imports, data, model, sanity check), in the log and in the first epoch's metrics."""
+    Also `train/startup_s`, once per job: seconds from the job's start (JobClock) to its first
+    training step (imports, data, model, sanity check), in the log and in the first epoch's metrics."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: JobClock | None = None) -> None:
         self.images = 0
         self.started: float | None = None
         self.last_batch_end = 0.0
         self.startup: float | None = None
         self._startup_logged = False
+        self.clock = clock or JOB_CLOCK
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.images, self.started = 0, None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if self.startup is None and not self._startup_logged:
-            self.startup = seconds_since_process_start()
-            self._startup_logged = True  # once per process, resumed runs included
-            if self.startup is not None:
-                log.info("first training step %.1f s after the process started", self.startup)
+        if self._startup_logged:
+            return
+        self._startup_logged = True  # once per job (a Trainer's callbacks are built per job)
+        self.startup = self.clock.seconds()
+        if self.startup is not None and trainer.is_global_zero:
+            since = "the process started" if self.clock.counts_from_process_start else "the job started"
+            log.info("first training step %.1f s after %s", self.startup, since)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         now = time.perf_counter()
@@ -71,22 +103,51 @@ class TrainSpeed(L.Callback):
         pl_module.log("train/images_per_sec", rate)
 
 
-class CompactProgressBar(TQDMProgressBar):
-    """Lightning's bar with what fits in 80 columns: epoch n/N, train loss and top-1, val top-1.
-    The full set of metrics is in the one log line per epoch that EpochSummary writes."""
+def epoch_of(trainer: L.Trainer) -> str:
+    """The epoch in progress as a person counts it: "4/10" (1-based, of max_epochs), "4" without an
+    epoch limit."""
+    epoch = trainer.current_epoch + 1
+    return f"{epoch}/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else str(epoch)
 
-    SHOWN = {"train/loss": "loss", "train/top1": "acc", "val/top1": "val_acc"}
+
+def step_loss(outputs: Any, trainer: L.Trainer) -> torch.Tensor | None:
+    """The training loss of one batch as training_step returned it, left on its device. Lightning
+    hands callbacks the loss divided by accumulate_grad_batches (what backward got); this undoes that."""
+    loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        return None
+    return loss.detach().reshape(()) * trainer.accumulate_grad_batches
+
+
+class CompactProgressBar(TQDMProgressBar):
+    """Lightning's bar with what fits in 80 columns: epoch n/N, the running mean of this epoch's
+    training loss so far, and the top-1 of the last validation. The full set of metrics is in the
+    one log line per epoch that EpochSummary writes."""
+
     TRAIN_BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loss_sum: torch.Tensor | float = 0.0
+        self._loss_images = 0
+        self._bar_epoch: int | None = None  # the epoch the train bar was set up for
 
     @property
     def is_disabled(self) -> bool:
-        # Redrawn bars written to a file or a pipe (a batch job's log, `| tee`) are kilobytes of
-        # carriage returns; there, the epoch lines tell the progress.
+        # Redrawn bars written to a file or a pipe (a batch job's log, `| tee`, eval.py > log.txt)
+        # are kilobytes of carriage returns; there, the log lines tell the progress. Lightning's
+        # bars write to stdout.
         return super().is_disabled or not sys.stdout.isatty()
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
-        shown = trainer.progress_bar_metrics
-        return {short: shown[key] for key, short in self.SHOWN.items() if key in shown}
+        # train/loss is logged per epoch: in trainer.progress_bar_metrics it is the previous epoch's
+        shown = {}
+        if self._loss_images:
+            shown["loss"] = float(self._loss_sum) / self._loss_images  # a GPU sync, once per redraw
+        val_top1 = trainer.progress_bar_metrics.get("val/top1")
+        if val_top1 is not None:
+            shown["val_acc"] = float(val_top1)
+        return shown
 
     def init_train_tqdm(self):
         bar = super().init_train_tqdm()
@@ -95,15 +156,38 @@ class CompactProgressBar(TQDMProgressBar):
 
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
         super().on_train_epoch_start(trainer, *args)
-        if trainer.max_epochs and trainer.max_epochs > 0:
-            self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+        self._set_up_epoch(trainer)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        # Lightning calls no on_train_epoch_start for the epoch a run resumes in the middle of
+        if self._bar_epoch != trainer.current_epoch:
+            bar = self.train_progress_bar
+            bar.reset(total=convert_inf(self.total_train_batches))
+            bar.initial = bar.n = batch_idx  # tqdm's rate and time left count from `initial`
+            self._set_up_epoch(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        loss = step_loss(outputs, trainer) if not self.is_disabled else None
+        if loss is not None:
+            images = len(batch[0]) if isinstance(batch, list | tuple) else 1
+            self._loss_sum = self._loss_sum + loss * images  # a tensor: no GPU sync per batch
+            self._loss_images += images
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def _set_up_epoch(self, trainer: L.Trainer) -> None:
+        self._bar_epoch = trainer.current_epoch
+        self._loss_sum, self._loss_images = 0.0, 0
+        self.train_progress_bar.set_description(f"Epoch {epoch_of(trainer)}")
+        self.train_progress_bar.set_postfix(self.get_metrics(trainer, None), refresh=False)
 
 
 class EpochSummary(L.Callback):
     """One log line per epoch with every epoch-level metric: what the progress bar leaves out, and a
     record in train.log."""
 
-    SKIPPED = ("/class_acc/", "_best")  # per-class values (many) and the running best (in metrics.json)
+    # per-class values (many), the running best (in metrics.json), and the start-up time, which
+    # has a line of its own and stays in callback_metrics after the first epoch
+    SKIPPED = ("/class_acc/", "_best", "train/startup_s")
 
     def __init__(self) -> None:
         self._started = 0.0
@@ -126,6 +210,5 @@ class EpochSummary(L.Callback):
         parts = [f"{key}={value:.4f}" for key, value in sorted(metrics.items())]
         if speed is not None:
             parts.append(f"{speed:.0f} images/s")
-        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         seconds = time.perf_counter() - self._started
-        log.info("epoch %d%s (%.1f s): %s", trainer.current_epoch + 1, epochs, seconds, "  ".join(parts))
+        log.info("epoch %s (%.1f s): %s", epoch_of(trainer), seconds, "  ".join(parts))

@@ -21,6 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
+from classifier.console import ProgressLog
 from classifier.data.images import ImageFileDataset
 from classifier.data.transforms import InputSpec, _interpolation
 from classifier.errors import UserError
@@ -94,7 +95,9 @@ class _Decoding(Dataset):
         return self.transform(image).as_subclass(torch.Tensor), int(label), ""
 
 
-def _decode_into(target: np.ndarray, dataset: Dataset, spec: InputSpec, workers: int) -> np.ndarray:
+def _decode_into(
+    target: np.ndarray, dataset: Dataset, spec: InputSpec, workers: int, what: str = "images"
+) -> np.ndarray:
     """Decodes every image of `dataset` into target[i]; returns the labels. Loader worker processes
     decode in parallel (threads would hold the GIL for most of PIL's per-image Python work)."""
     loader = DataLoader(
@@ -108,6 +111,7 @@ def _decode_into(target: np.ndarray, dataset: Dataset, spec: InputSpec, workers:
     )
     labels = np.empty(len(dataset), dtype=np.int64)
     done = 0
+    progress = ProgressLog(log, "decoded", what, len(dataset))
     for images, batch_labels, errors in loader:
         failed = next((e for e in errors if e), None)
         if failed:
@@ -115,6 +119,8 @@ def _decode_into(target: np.ndarray, dataset: Dataset, spec: InputSpec, workers:
         target[done : done + len(images)] = images.numpy()
         labels[done : done + len(images)] = batch_labels
         done += len(images)
+        progress.advance(len(images))
+    progress.finish()
     return labels
 
 
@@ -132,7 +138,7 @@ def decoded_split(
     samples = file_samples(dataset)
     if samples is None:  # in memory already (digits): decode into RAM, here; workers would cost more
         images = np.empty((len(dataset), 3, side, side), dtype=np.uint8)
-        labels = _decode_into(images, dataset, spec, 0)
+        labels = _decode_into(images, dataset, spec, 0, f"images of {what}")
         return torch.from_numpy(images), torch.from_numpy(labels)
     folder = cache_home() / "decoded"
     key = cache_key(samples, spec)
@@ -145,7 +151,7 @@ def decoded_split(
         folder.mkdir(parents=True, exist_ok=True)
         partial = array_file.with_suffix(f".{os.getpid()}.partial")
         images = np.memmap(partial, dtype=np.uint8, mode="w+", shape=shape)
-        labels = _decode_into(images, dataset, spec, workers)
+        labels = _decode_into(images, dataset, spec, workers, f"images of {what}")
         images.flush()
         del images
         np.save(labels_file.with_suffix(".partial.npy"), labels)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from classifier.console import ProgressLog
 from classifier.data.images import (
     ImageFileDataset,
     exceeds_pixel_warning_limit,
@@ -79,7 +80,7 @@ def _pool(workers: int, files: int) -> Executor:
 
 
 def check_images(
-    paths: Sequence[Path], cache_key: str | None = None, workers: int | None = None
+    paths: Sequence[Path], cache_key: str | None = None, workers: int | None = None, what: str = "image files"
 ) -> ImageCheck:
     """Which files of `paths` are missing or cannot be decoded, and which are over PIL's pixel
     warning limit (Image.MAX_IMAGE_PIXELS; PIL refuses twice that, so those are unreadable).
@@ -89,6 +90,7 @@ def check_images(
         cache_key: names the set of files (a folder, a CSV); files that decoded before with the
             same size and mtime are not decoded again. None: no cache.
         workers: decoding threads or processes (_pool); None: one per core, up to 8.
+        what: the files, as progress lines name them ("image files in /data/train").
     """
     cache_path = _cache_file(cache_key) if cache_key else None
     known = _load_cache(cache_path) if cache_path else {}
@@ -106,6 +108,14 @@ def check_images(
         signatures[key] = signature
         if known.get(key) != signature:
             to_decode.append(path)
+    if len(to_decode) >= PROCESS_POOL_FILES:
+        # seconds to minutes of silence otherwise, on a first run over a large folder
+        log.info(
+            "checking that %s %s decode (once: later runs look at their sizes and dates)",
+            f"{len(to_decode):,}",
+            what,
+        )
+    progress = ProgressLog(log, "checked", what, len(to_decode))
     # Filters are process-wide: set here, around the pool, they cover its threads, and the
     # processes forked from this one.
     with (
@@ -113,10 +123,12 @@ def check_images(
         _pool(workers or min(8, os.cpu_count() or 1), len(to_decode)) as pool,
     ):
         for path, (reason, size) in zip(to_decode, pool.map(_decode, to_decode, chunksize=256), strict=True):
+            progress.advance()
             if reason is not None:
                 reasons[path] = reason
             elif exceeds_pixel_warning_limit(size):
                 sizes[path] = size
+    progress.finish()
     if cache_path and to_decode:
         remarked = {os.path.abspath(path) for path in [*reasons, *sizes]}
         readable = {key: signature for key, signature in signatures.items() if key not in remarked}
@@ -136,7 +148,9 @@ def checked_dataset(samples: list[tuple[Path, int]], policy: str, where: str | P
     limit. With policy 'error', unreadable files fail instead, listing all of them."""
     if policy not in BAD_IMAGE_POLICIES:
         raise UserError(f"data.on_bad_image={policy!r} is not one of {', '.join(BAD_IMAGE_POLICIES)}")
-    check = check_images([path for path, _ in samples], cache_key=str(Path(where).resolve()))
+    check = check_images(
+        [path for path, _ in samples], cache_key=str(Path(where).resolve()), what=f"image files in {where}"
+    )
     if check.unreadable and policy == "error":
         listing = "; ".join(f"{path} ({reason})" for path, reason in check.unreadable)
         raise UserError(

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from classifier.callbacks.progress import CompactProgressBar
 from classifier.data import ClassificationDataModule
 from classifier.data.transforms import is_small
 from classifier.engine.module import ClassifierModule
@@ -111,6 +112,10 @@ def build_trainer(
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    elif not any(isinstance(c, ProgressBar) for c in callbacks):
+        # eval.py's Trainer has no callbacks group: Lightning's own bar would write its carriage
+        # returns into a log file or a pipe, where this one turns itself off
+        callbacks.append(CompactProgressBar())
     check_accelerator(cfg.trainer.get("accelerator"))
     create_trainer = instantiate(cfg.trainer, _partial_=True)
     precision = precision_arguments(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))

@@ -16,6 +16,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from classifier.errors import UserError, first_line_of
 from classifier.files import expand_path, write_atomically
+from classifier.run.changed_config import report_config_changes
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +179,17 @@ def resume_checkpoint(output_dir: str | Path, resume: bool | str, ckpt_path: str
 
 
 def check_resumable(
-    path: str | Path, output_dir: str | Path, explicit: bool, class_names: list[str], state_dict: dict
+    path: str | Path,
+    output_dir: str | Path,
+    explicit: bool,
+    class_names: list[str],
+    state_dict: dict,
+    config: dict[str, Any] | None = None,
 ) -> None:
     """Make sure training can continue from `path` before Lightning tries: it must be readable, written
-    by train.py, for the same classes, and hold weights of the same shapes as this run's module.
+    by train.py, for the same classes, and hold weights of the same shapes as this run's module. With
+    `config`, the settings that differ from the checkpoint's are logged with what resuming does with
+    each (run.changed_config).
 
     Args:
         path: the checkpoint resume_checkpoint chose.
@@ -189,9 +197,11 @@ def check_resumable(
         explicit: whether the user named it with ckpt_path (else: the run dir's last.ckpt).
         class_names: this run's classes.
         state_dict: this run's module's state_dict (only the shapes are compared).
+        config: this run's resolved config (engine.build.run_config).
 
     Raises:
-        UserError: one line saying which file is at fault and what to do.
+        UserError: one line saying which file is at fault and what to do, or which changed setting
+            cannot be resumed.
     """
     path, output_dir = Path(path), Path(output_dir)
     what = f"ckpt_path={path}" if explicit else f"{path}"
@@ -230,6 +240,8 @@ def check_resumable(
             f" differ, e.g. {key}: {found.get(key, 'absent')} saved, {expected.get(key, 'absent')} now):"
             f" {other}"
         )
+    if config is not None:
+        report_config_changes(checkpoint, saved.get("config") or {}, config, what)
 
 
 def _classes(names: list[str]) -> str:

@@ -9,6 +9,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
@@ -18,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from classifier.callbacks.checkpointing import CheckpointOnInterrupt, RunMetadata
+from classifier.callbacks.progress import JOB_CLOCK
 from classifier.data import ClassificationDataModule
 from classifier.engine.build import (
     build_module,
@@ -50,6 +52,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then evaluate the best checkpoint and write the run's reports; returns metrics.json's content
     (empty under trainer.fast_dev_run, which writes no reports). The run directory is held for the
     whole run: a second run there is refused."""
+    JOB_CLOCK.start_job()
     output_dir = Path(cfg.paths.output_dir)
     # Only the first process holds it: DDP's other ranks run this same function in the same dir.
     holding = run_dir_lock(output_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext()
@@ -74,7 +77,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     metadata = RunMetadata(config, datamodule.class_names, datamodule.input_spec.to_dict())
     on_interrupt = CheckpointOnInterrupt(output_dir / LAST)
     trainer = build_trainer(cfg, extra_callbacks=[metadata, on_interrupt])
-    ckpt_path = _checkpoint_to_resume(cfg, trainer, output_dir, datamodule.class_names, module)
+    ckpt_path = _checkpoint_to_resume(cfg, trainer, output_dir, datamodule.class_names, module, config)
     for logger in trainer.loggers:
         logger.log_hyperparams(config)
     preemption = Preemption()
@@ -114,17 +117,23 @@ def _is_interrupt(exc: BaseException) -> bool:
 
 
 def _checkpoint_to_resume(
-    cfg: DictConfig, trainer: L.Trainer, output_dir: Path, class_names: list[str], module: ClassifierModule
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    output_dir: Path,
+    class_names: list[str],
+    module: ClassifierModule,
+    config: dict[str, Any],
 ) -> str | None:
     """What fit resumes from, checked before any training: the checkpoint folders can be written, and
-    the checkpoint is readable and of this configuration."""
+    the checkpoint is readable and of this configuration; settings changed since it are logged."""
     if not trainer.fast_dev_run:  # which writes no checkpoints
         for callback in trainer.checkpoint_callbacks:
             if getattr(callback, "dirpath", None):
                 check_writable(callback.dirpath, "checkpoints")
     ckpt_path = resume_checkpoint(output_dir, cfg.get("resume", "auto"), cfg.get("ckpt_path"))
     if ckpt_path:
-        check_resumable(ckpt_path, output_dir, bool(cfg.get("ckpt_path")), class_names, module.state_dict())
+        explicit = bool(cfg.get("ckpt_path"))
+        check_resumable(ckpt_path, output_dir, explicit, class_names, module.state_dict(), config)
     return ckpt_path
 
 
