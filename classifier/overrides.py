@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from classifier.errors import UserError
+from classifier.preflight import check_before_loading
 from classifier.run.directory import check_can_create, refuse_if_in_use
 
 PACKAGE_CONFIGS = "pkg://classifier.conf"
@@ -68,8 +69,9 @@ def renamed_key_line(arg: str) -> str | None:
 
 def command_line_problem(argv: Sequence[str], config_name: str, config_source: str) -> str | None:
     """The one-line description of a mistake in `argv`'s overrides of `config_name` (a file of
-    `config_source`: a folder, or pkg://classifier.conf), or None when there is none or when Hydra
-    should answer (--help, a flag or override syntax it reports itself)."""
+    `config_source`: a folder, or pkg://classifier.conf; also the task's name: train, eval, ...),
+    or None when there is none or when Hydra should answer (--help, a flag or override syntax it
+    reports itself)."""
     for arg in argv[1:]:
         line = renamed_key_line(arg)
         if line:
@@ -82,7 +84,7 @@ def command_line_problem(argv: Sequence[str], config_name: str, config_source: s
         overrides = OverridesParser.create().parse_overrides(args.overrides)
     except HydraException:  # Hydra's message shows where the override's syntax breaks
         return None
-    config_name = args.config_name or config_name
+    task, config_name = config_name, args.config_name or config_name
     try:
         with _initialized(config_source):
             hydra = _Hydra(config_name, set(_all_groups()))
@@ -92,6 +94,7 @@ def command_line_problem(argv: Sequence[str], config_name: str, config_source: s
             if config is not None and not args.cfg:  # --cfg only prints the config
                 _check_mandatory_values(config)
                 _check_output_folder(config, args.multirun)
+                _check_task_files(task, config)
     except UserError as exc:
         return str(exc)
     return None
@@ -131,8 +134,15 @@ def _values(override: Override) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def _closest(word: str, candidates: Sequence[str]) -> list[str]:
-    return difflib.get_close_matches(word, candidates, n=3, cutoff=0.6)
+def _closest(word: str, candidates: Sequence[str], margin: float = 0.1) -> list[str]:
+    """Up to 3 of `candidates` that difflib finds close to `word`, best first, within `margin` of the
+    best one's similarity (a clear best guess is named alone)."""
+    ranked = sorted(
+        ((difflib.SequenceMatcher(None, word, c).ratio(), c) for c in set(candidates)),
+        key=lambda rc: (-rc[0], rc[1]),
+    )
+    close = [(ratio, c) for ratio, c in ranked if ratio >= 0.6]
+    return [c for ratio, c in close if ratio >= close[0][0] - margin][:3]
 
 
 def _check_group_options(hydra: _Hydra, overrides: list[Override]) -> None:
@@ -145,7 +155,7 @@ def _check_group_options(hydra: _Hydra, overrides: list[Override]) -> None:
         for value in _values(override):
             if isinstance(value, str) and "/" not in value and value not in options:
                 close = _closest(value, options)
-                guess = f"did you mean {group}={close[0]}? " if close else ""
+                guess = f"did you mean {' or '.join(f'{group}={c}' for c in close)}? " if close else ""
                 raise UserError(
                     f"{override.input_line}: the {group} group has no option '{value}'; {guess}"
                     f"{group} options: {', '.join(options)}"
@@ -245,10 +255,10 @@ def _check_key_exists(hydra: _Hydra, config: DictConfig, override: Override) -> 
     close = _suggestions(key, keys)
     where = f"{hydra.config_name}.yaml"
     if close:
-        guesses = _prefer_groups_with_option(hydra, close, _values(override))
+        guesses = _groups_with_the_value(hydra, keys, override) + close
         raise UserError(
             f"{override.input_line}: {where} has no key '{key}'; did you mean"
-            f" {' or '.join(f'{guess}=' for guess in guesses)}?"
+            f" {' or '.join(f'{guess}=' for guess in dict.fromkeys(guesses))}?"
         )
     siblings = sorted(node.keys()) if isinstance(node, DictConfig) else []
     listed = f" (keys of {parent or 'the top level'}: {', '.join(map(str, siblings))})" if siblings else ""
@@ -256,20 +266,22 @@ def _check_key_exists(hydra: _Hydra, config: DictConfig, override: Override) -> 
     raise UserError(f"{override.input_line}: {where} has no key '{key}'{listed}{adding}")
 
 
-def _prefer_groups_with_option(hydra: _Hydra, guesses: list[str], values: list[Any]) -> list[str]:
-    """`guesses` with the groups that have the override's value as an option first: `modle=resnet18`
-    is `model=`, though `module` is as close a spelling."""
-    fits = [g for g in guesses if g in hydra.groups and values and all(v in hydra.options(g) for v in values)]
-    return fits + [g for g in guesses if g not in fits]
+def _groups_with_the_value(hydra: _Hydra, keys: list[str], override: Override) -> list[str]:
+    """The groups whose name is close to the override's key and that have its value as an option:
+    `modle=resnet18` means `model=`, though `module` is a closer spelling."""
+    values = _values(override)
+    close = _closest(override.key_or_group, [k for k in keys if k in hydra.groups], margin=1.0)
+    return [group for group in close if values and all(v in hydra.options(group) for v in values)]
 
 
 def _suggestions(key: str, keys: list[str]) -> list[str]:
-    """The keys closest to `key`; else those whose last part is closest to its last part (a key
-    written without its section: max_epochs=3 for trainer.max_epochs)."""
-    close = _closest(key, keys)
+    """The keys of `key`'s own section closest to it; else the keys whose last part is closest to its
+    last part (a key written without its section: max_epochs=3 for trainer.max_epochs)."""
+    section = key.rpartition(".")[0]
+    close = _closest(key, [k for k in keys if k.rpartition(".")[0] == section])
     if close:
         return close
-    names = _closest(key.rpartition(".")[2], sorted({k.rpartition(".")[2] for k in keys}))
+    names = _closest(key.rpartition(".")[2], [k.rpartition(".")[2] for k in keys])
     return [k for k in keys if k.rpartition(".")[2] in names][:3]
 
 
@@ -318,6 +330,15 @@ def _check_output_folder(config: DictConfig, multirun: bool) -> None:
     check_can_create(Path(str(folder)), f"{key}={folder}")
     if not multirun and not _later_rank():
         refuse_if_in_use(Path(str(folder)))
+
+
+def _check_task_files(task: str, config: DictConfig) -> None:
+    """preflight.check_before_loading on the composed config: a missing checkpoint or input, or an
+    output file that cannot be written, refused before Hydra creates the run directory."""
+    try:
+        check_before_loading(task, config)
+    except OmegaConfBaseException:  # a value built from Hydra's runtime: the task checks it
+        return
 
 
 def _later_rank() -> bool:
