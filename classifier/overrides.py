@@ -165,11 +165,12 @@ def _check_group_options(hydra: _Hydra, overrides: list[Override]) -> None:
 def _check_value_types(primary: DictConfig, overrides: list[Override]) -> None:
     """Raises UserError for a word given to a top-level key whose value in the config file is a
     number or a flag (`seed=abc`); Hydra takes any value, and the task would fail only later."""
+    defaults = OmegaConf.to_container(primary, resolve=False)
     for override in overrides:
         key = override.key_or_group
-        if override.type != OverrideType.CHANGE or "." in key or key not in primary:
+        if override.type != OverrideType.CHANGE or "." in key or key not in defaults:
             continue
-        default = primary._get_node(key)._value()
+        default = defaults[key]
         for value in _values(override):
             expected = _expected_kind(default, value)
             if expected:
@@ -184,10 +185,21 @@ def _expected_kind(default: Any, value: Any) -> str | None:
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "true or false"
     if isinstance(default, int):
-        return None if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
+        return None if _reads_as(int, value) else "a whole number"
     if isinstance(default, float):
-        return None if isinstance(value, int | float) and not isinstance(value, bool) else "a number"
+        return None if _reads_as(float, value) else "a number"
     return None
+
+
+def _reads_as(kind: type, value: Any) -> bool:
+    """Whether `value` is a number of `kind` (an int is a float too), or a quoted one ('42')."""
+    if isinstance(value, bool) or isinstance(value, float) and kind is int:
+        return False
+    try:
+        kind(str(value))
+    except ValueError:
+        return False
+    return True
 
 
 def _first_job(hydra: _Hydra, overrides: list[Override], keep_keys: bool = True) -> list[str]:
@@ -211,11 +223,11 @@ def _composed_or_diagnosed(hydra: _Hydra, overrides: list[Override]) -> DictConf
     then reports it in its own words)."""
     try:
         return hydra.compose(_first_job(hydra, overrides))
-    except (HydraException, OmegaConfBaseException):
+    except Exception:  # whatever Hydra raises here, it says again when it composes the config
         pass
     try:
         before_keys = hydra.compose(_first_job(hydra, overrides, keep_keys=False))
-    except (HydraException, OmegaConfBaseException):
+    except Exception:  # as above: Hydra reports it
         return None
     for override in overrides:
         if override.key_or_group in hydra.groups:
