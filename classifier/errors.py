@@ -50,10 +50,11 @@ def pickled_code_line(exc: BaseException, what: str, advice: str) -> str | None:
     weights_only=False, which would run that code."""
     current: BaseException | None = exc
     while current is not None:
-        if isinstance(current, pickle.UnpicklingError) and "weights" in str(current).lower():
-            found = _PICKLED_GLOBAL.search(str(exc) + str(current))
-            name = found.group(1) if found else "object"
-            return f"{what} holds code (a pickled {name}), so it was not loaded: {advice}"
+        if isinstance(current, pickle.UnpicklingError):
+            found = _PICKLED_GLOBAL.search(f"{exc}\n{current}")
+            if found is None:  # refused for another reason (a damaged or foreign file)
+                return None
+            return f"{what} holds code (a pickled {found.group(1)}), so it was not loaded: {advice}"
         current = current.__cause__
     return None
 
