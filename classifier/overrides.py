@@ -1,7 +1,8 @@
 """A command line's overrides checked against the config they change, before Hydra runs the task: an
 unknown key or group option (with the closest valid names), a word where the config holds a number or
-a flag, and a run directory that cannot be written or is in use by another run. Each is refused in one
-line within about a second, before torch loads and before Hydra writes into the run directory.
+a flag, a value the command must set and does not, a run directory that cannot be written or is in
+use by another run, a checkpoint or input that is not there (preflight). Each is refused in one line
+within about a second, before torch loads and before Hydra creates the run directory.
 
 Hydra's compose API composes the config the command would run (a sweep's first job); whatever this
 check does not recognise is left to Hydra, which reports it as it always did.
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir, initialize_config_module
-from hydra._internal.utils import get_args_parser
+from hydra._internal.utils import get_args_parser  # the parser @hydra.main reads flags with
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.object_type import ObjectType
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -330,8 +331,7 @@ def _value_at(container: Mapping[str, Any], dotted: str) -> Any:
 def _check_output_folder(config: DictConfig, multirun: bool) -> None:
     """Raises UserError when the run (or sweep) directory Hydra is about to create cannot be
     created and written, or when another run holds it: before Hydra writes its .hydra/ files there."""
-    hydra_cfg = config.hydra
-    multirun = multirun or str(hydra_cfg.get("mode")) == "MULTIRUN"
+    multirun = multirun or str(config.hydra.get("mode")).endswith("MULTIRUN")  # RunMode.MULTIRUN
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     try:
         folder = OmegaConf.select(config, key, throw_on_resolution_failure=True)
