@@ -1,5 +1,7 @@
 """Evaluate a checkpoint on its held-out split(s): python eval.py ckpt_path=PATH [data.root=...]."""
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -12,5 +14,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    prepare_argv()
+    prepare_argv("eval", Path(__file__).with_name("conf"))
     main()

@@ -1,5 +1,7 @@
 """Export a checkpoint: python export.py ckpt_path=PATH format=onnx|torchscript [output=model.onnx]."""
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -12,5 +14,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    prepare_argv()
+    prepare_argv("export", Path(__file__).with_name("conf"))
     main()

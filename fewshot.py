@@ -1,5 +1,7 @@
 """Zero-shot vs K-shot probe vs fine-tune table: python fewshot.py model=clip_b16 data=... shots=[1,4,16]."""
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -12,5 +14,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    prepare_argv()
+    prepare_argv("fewshot", Path(__file__).with_name("conf"))
     main()

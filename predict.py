@@ -1,5 +1,7 @@
 """Predict classes of images: python predict.py ckpt_path=PATH input=FILE|DIR|GLOB [output=preds.csv]."""
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -12,5 +14,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    prepare_argv()
+    prepare_argv("predict", Path(__file__).with_name("conf"))
     main()

@@ -1,5 +1,7 @@
 """Linear probe or k-NN on frozen features: python probe.py model=dinov2_s data=... method=linear|knn."""
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -12,5 +14,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    prepare_argv()
+    prepare_argv("probe", Path(__file__).with_name("conf"))
     main()

@@ -1,5 +1,7 @@
 """Train an image classifier: python train.py [group=option] [key=value] (see README.md)."""
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -12,5 +14,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    prepare_argv()
+    prepare_argv("train", Path(__file__).with_name("conf"))
     main()

@@ -1,5 +1,7 @@
 """CLIP zero-shot classification: python zeroshot.py model=clip_b32 data=... [templates=[...]]."""
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -12,5 +14,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    prepare_argv()
+    prepare_argv("zeroshot", Path(__file__).with_name("conf"))
     main()

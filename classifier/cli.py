@@ -15,6 +15,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -24,6 +25,8 @@ from omegaconf import DictConfig
 
 from classifier.errors import CTRL_C_EXIT, SIGTERM_EXIT, RunInterrupted, describe_user_error
 from classifier.extras import refuse_overrides_needing_missing_extras
+from classifier.overrides import PACKAGE_CONFIGS, command_line_problem
+from classifier.preflight import check_before_loading
 from classifier.tasks import load_task
 
 log = logging.getLogger("classifier")
@@ -63,34 +66,24 @@ def expand_home_in_argv(argv: list[str] | None = None) -> None:
         argv[i] = key + sep + _HOME_IN_VALUE.sub(lambda m: m.group(1) + home, value)
 
 
-# Config keys that moved (December 2026): the old spelling on a command line gets one line with the new.
-RENAMED_KEYS = {
-    "model.input_size": "data.img_size",  # the DINOv2 model configs set data.img_size themselves
-    "model.open_clip": "clip",  # the CLIP model configs' section for zeroshot.py
-}
 BUG_LINE = (
     "this is a bug in classifier, not a mistake in your command or files:"
     " please report it with the traceback below"
 )
 
 
-def refuse_renamed_keys(argv: list[str] | None = None) -> None:
-    """Exit with one line naming the new key when an override uses a key's old name (Hydra's own
-    message would only say the key is not in the config)."""
+def prepare_argv(config_name: str, config_source: str | Path, argv: list[str] | None = None) -> None:
+    """What every root script does to its command line (default sys.argv) before Hydra reads it: `~`
+    expanded, and a mistake in the overrides of <config_name>.yaml (in `config_source`: the conf
+    folder, or pkg://classifier.conf) refused in one `[ERROR]` line with exit status 1
+    (classifier.overrides): an old key name, a misspelt key or group option with the closest valid
+    names, a word for a number, a run directory that cannot be written or is in use."""
     argv = sys.argv if argv is None else argv
-    for arg in argv[1:]:
-        key = arg.lstrip("+~").partition("=")[0]
-        for old, new in RENAMED_KEYS.items():
-            if key == old or key.startswith(old + "."):
-                renamed = new + key[len(old) :]
-                sys.exit(f"[ERROR] {key} is now {renamed}: write {arg.replace(key, renamed, 1)}")
-
-
-def prepare_argv(argv: list[str] | None = None) -> None:
-    """What every root script does to its command line before Hydra reads it."""
-    refuse_renamed_keys(argv)
-    refuse_overrides_needing_missing_extras(argv)
+    refuse_overrides_needing_missing_extras(argv)  # before composing: Hydra needs the plugin's configs
     expand_home_in_argv(argv)
+    problem = command_line_problem(argv, config_name, str(config_source))
+    if problem:
+        sys.exit(f"[ERROR] {problem}")
 
 
 def _send_lightning_logs_to_hydra() -> None:
@@ -133,6 +126,7 @@ def run_task(name: str, cfg: DictConfig) -> float | None:
     (with HYDRA_FULL_ERROR=1 the traceback too); anything else is a bug: the ERROR line says so and
     the exception goes on with its traceback. Ctrl-C exits with status 130 and SIGTERM with 143, after
     a WARNING line (the run's own says how to resume). Returns the `optimized_metric` for Hydra sweepers."""
+    _refuse_before_loading(name, cfg)
     task = load_task(name)
     _send_lightning_logs_to_hydra()  # after the import: importing Lightning adds its own handler
     with warnings.catch_warnings():
@@ -153,15 +147,32 @@ def run_task(name: str, cfg: DictConfig) -> float | None:
                 sys.exit(SIGTERM_EXIT)
             raise
         except Exception as exc:
-            message = describe_user_error(exc)
-            if message is None:
-                log.error("%s", BUG_LINE)
-                raise
-            log.error("%s", message)
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":  # Hydra's switch: the traceback of any error
-                raise
-            _fail(message)
+            _fail_on_user_mistake(exc)
+            raise
     return _optimized_metric(metrics, cfg.get("optimized_metric"))
+
+
+def _fail_on_user_mistake(exc: Exception) -> None:
+    """For a user mistake: its ERROR line, then exit status 1 (or the traceback too, with
+    HYDRA_FULL_ERROR=1); for a bug: the line that says so, and back to the caller, which re-raises."""
+    message = describe_user_error(exc)
+    if message is None:
+        log.error("%s", BUG_LINE)
+        return
+    log.error("%s", message)
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":  # Hydra's switch: the traceback of any error
+        return
+    _fail(message)
+
+
+def _refuse_before_loading(name: str, cfg: DictConfig) -> None:
+    """Refuse a missing input or checkpoint, or an output that cannot be written, before the task's
+    module imports torch and Lightning (preflight.check_before_loading)."""
+    try:
+        check_before_loading(name, cfg)
+    except Exception as exc:
+        _fail_on_user_mistake(exc)
+        raise
 
 
 def _optimized_metric(metrics: dict[str, float], key: str | None) -> float | None:
@@ -183,12 +194,12 @@ def installed_command(task: str) -> Callable[[], None]:
     """The `classifier-<task>` command of an installed package: <task>.py reading the configs shipped
     inside it (pkg://classifier.conf)."""
 
-    @hydra.main(version_base="1.3", config_path="pkg://classifier.conf", config_name=task)
+    @hydra.main(version_base="1.3", config_path=PACKAGE_CONFIGS, config_name=task)
     def main(cfg: DictConfig) -> float | None:
         return run_task(task, cfg)
 
     def command() -> None:
-        prepare_argv()
+        prepare_argv(task, PACKAGE_CONFIGS)
         main()
 
     command.__doc__ = f"`classifier-{task}`: {task}.py from an installed package."

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import pickle
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +37,26 @@ def first_line_of(exc: BaseException) -> str:
     reason a one-line error quotes from a library's multi-line message."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# How torch (and timm, which wraps it) names the object a weights-only load refused to build.
+_PICKLED_GLOBAL = re.compile(r"(?:GLOBAL|globals?:) (?!GLOBAL\b)([A-Za-z_][\w.]*\w)")
+
+
+def pickled_code_line(exc: BaseException, what: str, advice: str) -> str | None:
+    """The line for a file that torch.load(weights_only=True) refused because its pickle names code
+    (a function or class to call while loading): `what` holds code and was not loaded, then `advice`.
+    None when `exc` (or its cause) is another failure. torch's own text suggests retrying with
+    weights_only=False, which would run that code."""
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, pickle.UnpicklingError):
+            found = _PICKLED_GLOBAL.search(f"{exc}\n{current}")
+            if found is None:  # refused for another reason (a damaged or foreign file)
+                return None
+            return f"{what} holds code (a pickled {found.group(1)}), so it was not loaded: {advice}"
+        current = current.__cause__
+    return None
 
 
 @contextmanager

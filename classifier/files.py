@@ -4,10 +4,13 @@ that a crash leaves either the old content or the new, never a torn file."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 import threading
 from pathlib import Path
+
+from classifier.errors import UserError
 
 _umask_lock = threading.Lock()
 
@@ -30,7 +33,11 @@ def write_atomically(data: bytes, path: str | Path) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        _raise_if_disk_full(exc, path)
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -38,14 +45,27 @@ def write_atomically(data: bytes, path: str | Path) -> None:
             os.fchmod(f.fileno(), 0o666 & ~current_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        _raise_if_disk_full(exc, path)
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def _raise_if_disk_full(exc: BaseException, path: Path) -> None:
+    """A full disk (or quota) while writing `path` is the user's to fix: one line naming the folder
+    and saying what is kept; the temporary file is already gone."""
+    if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return
+    kept = f"the previous {path.name} is intact" if path.exists() else f"there was no {path.name} before"
+    raise UserError(
+        f"no space left on the disk of {path.parent} ({exc.strerror}): {path.name} was not written,"
+        f" {kept}; free some space there and run again"
+    ) from exc
 
 
 def expand_path(value: str | os.PathLike) -> Path:

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from classifier.cli import BUG_LINE, refuse_renamed_keys, run_task
+from classifier.cli import BUG_LINE, run_task
 from classifier.errors import UserError
 from classifier.optim import schedulers
 
@@ -58,20 +58,3 @@ def test_hydra_full_error_shows_the_traceback_of_a_user_error_too(compose_train,
     with pytest.raises(UserError, match="Invalid learning rate: -1"):
         run_task("train", compose_train(*SHORT, "optimizer.lr=-1"))
     assert errors(caplog) == ["optimizer: Invalid learning rate: -1"]
-
-
-@pytest.mark.parametrize(
-    ("arg", "line"),
-    [
-        ("model.input_size=224", "model.input_size is now data.img_size: write data.img_size=224"),
-        (
-            "+model.open_clip.name=ViT-B-32",
-            "model.open_clip.name is now clip.name: write +clip.name=ViT-B-32",
-        ),
-    ],
-)
-def test_a_renamed_key_answers_with_its_new_name(arg, line):
-    with pytest.raises(SystemExit) as exit_status:
-        refuse_renamed_keys(["train.py", "seed=1", arg])
-    assert exit_status.value.code == f"[ERROR] {line}"
-    refuse_renamed_keys(["train.py", "data.img_size=224", "clip.name=x"])  # the new names pass

@@ -15,6 +15,7 @@ from torch import nn
 from classifier.callbacks.progress import CompactProgressBar
 from classifier.data import ClassificationDataModule
 from classifier.data.transforms import is_small
+from classifier.engine.devices import warn_if_cpu_processes_exceed_cores
 from classifier.engine.module import ClassifierModule
 from classifier.engine.precision import check_accelerator, precision_arguments
 from classifier.errors import UserError, call_configured
@@ -125,7 +126,9 @@ def build_trainer(
         "plugins": [AtomicCheckpointIO(), *precision["plugins"]],
         "precision": precision["precision"],
     }
-    return call_configured(create_trainer, "trainer", **arguments)
+    trainer = call_configured(create_trainer, "trainer", **arguments)
+    warn_if_cpu_processes_exceed_cores(trainer)
+    return trainer
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import lightning as L
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 from omegaconf import DictConfig, open_dict
 
 from classifier.errors import UserError
@@ -51,6 +54,31 @@ def wants_one_gpu(cfg: DictConfig) -> bool:
         and str(trainer.get("devices")) == "1"
         and torch.cuda.device_count() > 1
     )
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: a container's or taskset's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def warn_if_cpu_processes_exceed_cores(trainer: L.Trainer) -> None:
+    """A WARNING line when a Trainer on the CPU starts more processes than there are cores: each one
+    then waits for the others (`trainer.devices=4` on 2 cores is slower than 2), though it works,
+    which is why it is not refused."""
+    cores = usable_cores()
+    on_cpu = isinstance(trainer.accelerator, CPUAccelerator)
+    if on_cpu and trainer.num_devices > cores and trainer.is_global_zero:
+        log.warning(
+            "trainer.devices=%d starts %d CPU processes on %d cores: they share the cores and run slower"
+            " than trainer.devices=%d would",
+            trainer.num_devices,
+            trainer.num_devices,
+            cores,
+            cores,
+        )
 
 
 @contextlib.contextmanager

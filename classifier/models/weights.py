@@ -10,7 +10,7 @@ import torch
 from timm.models import load_state_dict
 from torch import nn
 
-from classifier.errors import UserError, first_line_of
+from classifier.errors import UserError, first_line_of, pickled_code_line
 from classifier.files import expand_path
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = load_state_dict(str(path), use_ema=True, weights_only=True)
     except Exception as exc:
-        raise UserError(f"model.weights={path} is not a readable state_dict: {first_line_of(exc)}") from exc
+        line = pickled_code_line(
+            exc,
+            f"model.weights={path}",
+            "re-save the weights as a state_dict (torch.save(model.state_dict(), PATH))",
+        )
+        raise UserError(
+            line or f"model.weights={path} is not a readable state_dict: {first_line_of(exc)}"
+        ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"model.weights={path} does not hold a state_dict of tensors")
     return state

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from classifier.errors import UserError, first_line_of
+from classifier.errors import UserError, first_line_of, pickled_code_line
 from classifier.files import expand_path, write_atomically
 from classifier.run.changed_config import report_config_changes
 
@@ -29,6 +29,11 @@ RNG_KEY = "rng_states"
 RUN_FIELDS = ("config", "class_names", "input")
 # Seconds spent training so far, in the run metadata of every checkpoint (model_card.yaml reports it).
 TRAIN_SECONDS_KEY = "train_seconds"
+# What to do with a checkpoint that holds code (errors.pickled_code_line).
+RESAVE_ADVICE = (
+    "ckpt_path takes a checkpoint written by train.py; weights from elsewhere go in as model.weights=PATH"
+    " once re-saved as a state_dict: torch.save(model.state_dict(), PATH)"
+)
 # Set in the run metadata by temperature scaling (calibrate=true); absent means 1.
 TEMPERATURE_KEY = "temperature"
 
@@ -127,7 +132,11 @@ def _read(path: Path, what: str, mmap: bool = False) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
-        raise UserError(f"{what} is not a readable checkpoint: {first_line_of(exc)}") from exc
+        line = (
+            pickled_code_line(exc, what, RESAVE_ADVICE)
+            or f"{what} is not a readable checkpoint: {first_line_of(exc)}"
+        )
+        raise UserError(line) from exc
     if not isinstance(checkpoint, dict) or RUN_KEY not in checkpoint or "state_dict" not in checkpoint:
         raise UserError(f"{what} is not a checkpoint written by train.py (no run config inside)")
     return checkpoint
