@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -126,28 +127,36 @@ def test_hydra_syntax_that_is_right_passes(tmp_path, args):
 
 
 @pytest.fixture
-def read_only_folder(tmp_path):
+def read_only_folder(tmp_path, monkeypatch):
+    """A folder this process cannot write in, and the reason the refusal quotes: its permission bits,
+    or, for root (whom they do not stop: CI), a read-only file system as the write test meets it."""
     folder = tmp_path / "read-only"
     folder.mkdir()
     folder.chmod(0o555)
-    yield folder
+    reason = "Permission denied"
+    if os.access(folder, os.W_OK):
+        reason = os.strerror(errno.EROFS)
+        make_temporary_folder = tempfile.mkdtemp
+
+        def read_only_mkdtemp(*args, dir=None, **kwargs):
+            if dir is not None and Path(dir).is_relative_to(folder):
+                raise OSError(errno.EROFS, reason)
+            return make_temporary_folder(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkdtemp", read_only_mkdtemp)
+    yield folder, reason
     folder.chmod(0o755)
 
 
-def skip_when_root_can_write(folder: Path) -> None:
-    if os.access(folder, os.W_OK):
-        pytest.skip("the permission bits do not stop this user (root)")
-
-
 def test_a_run_or_sweep_dir_that_cannot_be_written_is_refused_before_hydra_creates_it(read_only_folder):
-    skip_when_root_can_write(read_only_folder)
+    read_only_folder, reason = read_only_folder
     run_dir = read_only_folder / "run"
     assert refusal("train", f"hydra.run.dir={run_dir}") == (
-        f"[ERROR] hydra.run.dir={run_dir}: cannot write there ({read_only_folder}: Permission denied)"
+        f"[ERROR] hydra.run.dir={run_dir}: cannot write there ({read_only_folder}: {reason})"
     )
     sweep = read_only_folder / "sweep"
     assert refusal("train", "-m", "seed=1,2", f"hydra.sweep.dir={sweep}") == (
-        f"[ERROR] hydra.sweep.dir={sweep}: cannot write there ({read_only_folder}: Permission denied)"
+        f"[ERROR] hydra.sweep.dir={sweep}: cannot write there ({read_only_folder}: {reason})"
     )
     assert refusal("train", "hydra.run.dir=/etc/hostname/run") == (
         "[ERROR] hydra.run.dir=/etc/hostname/run: cannot write there, /etc/hostname is a file, not a folder"
@@ -161,7 +170,7 @@ def test_a_run_or_sweep_dir_that_cannot_be_written_is_refused_before_hydra_creat
 def test_an_output_that_cannot_be_written_is_refused_before_the_task_loads(
     read_only_folder, tmp_path, caplog, task, overrides
 ):
-    skip_when_root_can_write(read_only_folder)
+    read_only_folder, reason = read_only_folder
     ckpt = tmp_path / "best.ckpt"
     ckpt.write_bytes(b"not read: the output is checked first")
     overrides = [o.format(folder=read_only_folder) for o in overrides]
@@ -170,7 +179,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_task_loads(
         run_task(task, cfg)
     assert exit_status.value.code == 1
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert errors == [f"{overrides[-1]}: cannot write there ({read_only_folder}: Permission denied)"]
+    assert errors == [f"{overrides[-1]}: cannot write there ({read_only_folder}: {reason})"]
 
 
 def test_a_missing_checkpoint_or_input_is_refused_before_the_task_loads(tmp_path):
