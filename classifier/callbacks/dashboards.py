@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from matplotlib.figure import Figure
 
+from classifier.evaluation.fonts import use_fonts_for
 from classifier.evaluation.metrics import ECE_BINS
 from classifier.evaluation.reports import (
     CURVE_METRICS,
@@ -58,7 +59,11 @@ def image_grid_figure(images: np.ndarray, titles: Sequence[str], suptitle: str) 
         top, left = (i // columns) * cell_h + caption, (i % columns) * cell_w
         mosaic[top : top + height, left : left + width] = image
     scale = 2.0 / max(width, 48)  # inches per pixel: about 2 inches a cell
-    fig = Figure(figsize=(columns * cell_w * scale, rows * cell_h * scale + 0.4), layout="constrained")
+    use_fonts_for(titles)
+    # As wide as the title at least (about 0.11 inch a character at 12 pt): one to three mistakes
+    # make a narrower grid than "most confident val mistakes, epoch 12".
+    fig_width = max(columns * cell_w * scale, 0.11 * len(suptitle) + 0.3)
+    fig = Figure(figsize=(fig_width, rows * cell_h * scale + 0.4), layout="constrained")
     fig.suptitle(suptitle)
     ax = fig.subplots()
     ax.imshow(mosaic, interpolation="nearest" if height <= 64 else "antialiased")
