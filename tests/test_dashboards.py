@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+from tensorboard.plugins.custom_scalar.layout_pb2 import Layout
 
 from classifier.callbacks.dashboards import Dashboards, denormalize, image_grid_figure, learning_rate_charts
 from classifier.optim.schedulers import warmup_cosine_factor
@@ -171,6 +172,11 @@ def test_tensorboard_names_each_sweep_job_by_its_overrides(tmp_path):
     names = ["0/tensorboard/model.width=8,seed=1", "1/tensorboard/model.width=8,seed=2"]
     assert sorted(hparams_runs) == names
     assert runs.GetAccumulator(names[0]).Tags()["scalars"] == ["val/top1"]  # no `epoch`
+    # the CUSTOM SCALARS page: loss and top-1 of train, val and test on a chart each, and the rate
+    (layout,) = runs.GetAccumulator(names[0]).Tensors("custom_scalars__config__")
+    (category,) = Layout.FromString(layout.tensor_proto.string_val[0]).category
+    assert [chart.title for chart in category.chart] == ["loss", "top-1", "learning rate"]
+    assert list(category.chart[0].multiline.tag) == [r"^(train|val|test)/loss$"]
 
 
 def test_a_single_run_is_named_by_its_run_dir_and_a_resumed_run_keeps_its_folder(tmp_path):

@@ -15,7 +15,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
-from torch.utils.tensorboard.summary import hparams
+from torch.utils.tensorboard.summary import custom_scalars, hparams
 
 
 class _AppendingExperimentWriter(ExperimentWriter):
@@ -48,6 +48,15 @@ MAX_RUN_NAME = 120  # characters of a run's folder name; a longer one ends in a 
 # What TensorBoard shows per-class accuracy as: after the split's top1 (and top1_best), not before its
 # loss and top1, which a split's ten or a hundred class_acc charts would push onto a later page.
 PER_CLASS_KEY, PER_CLASS_TAG = "/class_acc/", "/top1_per_class/"
+# TensorBoard's CUSTOM SCALARS page: train, val and test on one chart each for loss and top-1 (tag
+# regular expressions), and the learning rate.
+WHAT_MATTERS = {
+    "loss and top-1": {
+        "loss": ["Multiline", [r"^(train|val|test)/loss$"]],
+        "top-1": ["Multiline", [r"^(train|val|test)/top1$"]],
+        "learning rate": ["Multiline", [r"^train/lr"]],
+    }
+}
 
 
 def run_folder_name(run_name: str) -> str:
@@ -95,7 +104,8 @@ class RunTensorBoardLogger(TensorBoardLogger):
 
     Lightning adds an `epoch` scalar to every logged step, which TensorBoard sorts first as a chart of
     its own; it is not written here (the x axis is the step). Per-class accuracies are shown as
-    `<split>/top1_per_class/<class>` (see PER_CLASS_TAG); every other tag is the metric's key.
+    `<split>/top1_per_class/<class>` (see PER_CLASS_TAG); every other tag is the metric's key. The
+    CUSTOM SCALARS page shows loss and top-1 of train, val and test on one chart each (WHAT_MATTERS).
 
     Lightning writes the hparams entry only together with metric values it logs as scalars at
     that moment (or a placeholder `hp_metric`); at the start of a run there are none, so nothing
@@ -130,11 +140,12 @@ class RunTensorBoardLogger(TensorBoardLogger):
         step: int | None = None,
     ) -> None:
         super().log_hyperparams(params, metrics, step)  # hparams.yaml, and the entry when given metrics
+        writer = self.experiment._get_file_writer()
+        writer.add_summary(custom_scalars(WHAT_MATTERS))
         if metrics is not None or not self.hparams_metrics:
             return
         flat = self._sanitize_params(_flatten_dict(_convert_params(params)))
         # The values only declare the metrics; TensorBoard reads them from the scalars of those tags.
         experiment, session_start, session_end = hparams(flat, dict.fromkeys(self.hparams_metrics, 0.0))
-        writer = self.experiment._get_file_writer()
         for summary in (experiment, session_start, session_end):
             writer.add_summary(summary)
