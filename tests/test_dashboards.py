@@ -18,6 +18,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 from tensorboard.plugins.custom_scalar.layout_pb2 import Layout
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from classifier.callbacks.dashboards import Dashboards, denormalize, image_grid_figure, learning_rate_charts
 from classifier.optim.schedulers import warmup_cosine_factor
@@ -172,6 +173,9 @@ def test_tensorboard_names_each_sweep_job_by_its_overrides(tmp_path):
     names = ["0/tensorboard/model.width=8,seed=1", "1/tensorboard/model.width=8,seed=2"]
     assert sorted(hparams_runs) == names
     assert runs.GetAccumulator(names[0]).Tags()["scalars"] == ["val/top1"]  # no `epoch`
+    # the table's "Trial ID": the overrides first (its column shows the first 15 characters or so)
+    start = HParamsPluginData.FromString(hparams_runs[names[1]]["_hparams_/session_start_info"])
+    assert start.session_start_info.group_name == f"model.width=8,seed=2  ({sweep / '1'})"
     # the CUSTOM SCALARS page: loss and top-1 of train, val and test on a chart each, and the rate
     (layout,) = runs.GetAccumulator(names[0]).Tensors("custom_scalars__config__")
     (category,) = Layout.FromString(layout.tensor_proto.string_val[0]).category

@@ -331,7 +331,8 @@ class LearningRates(L.Callback):
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, on_step: bool) -> None:
         groups = [group for optimizer in trainer.optimizers for group in optimizer.param_groups]
         for tag, rate in learning_rate_charts(groups, self._separate).items():
-            # An epoch's value is averaged over its steps' (one here), and over processes in DDP.
+            # Per epoch: one value, so the epoch's mean is that rate; Lightning wants epoch values
+            # synced across DDP processes (their rates are the same).
             pl_module.log(
                 tag, rate, on_step=on_step, on_epoch=not on_step, batch_size=1, sync_dist=not on_step
             )

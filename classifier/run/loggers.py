@@ -15,6 +15,8 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard.summary import custom_scalars, hparams
 
 
@@ -89,6 +91,16 @@ def tensorboard_tag(key: str) -> str:
     return f"{split}{PER_CLASS_TAG}{name}" if per_class else key
 
 
+def name_session(session_start: Summary, name: str) -> None:
+    """Name the HPARAMS table's row of a run (its "Trial ID", else the run's folder path, which the
+    table's narrow column cuts to "0/tensorboard/..."): torch's hparams() leaves it unnamed. The
+    run directory in it keeps rows of equal overrides apart (TensorBoard merges rows of one name)."""
+    metadata = session_start.value[0].metadata.plugin_data
+    content = HParamsPluginData.FromString(metadata.content)
+    content.session_start_info.group_name = name
+    metadata.content = content.SerializeToString()
+
+
 class RunTensorBoardLogger(TensorBoardLogger):
     """Lightning's TensorBoardLogger whose SCALARS page opens on loss and top-1, and whose hyperparameters
     reach TensorBoard's HPARAMS tab, each run named and beside the metrics that compare runs
@@ -147,5 +159,6 @@ class RunTensorBoardLogger(TensorBoardLogger):
         flat = self._sanitize_params(_flatten_dict(_convert_params(params)))
         # The values only declare the metrics; TensorBoard reads them from the scalars of those tags.
         experiment, session_start, session_end = hparams(flat, dict.fromkeys(self.hparams_metrics, 0.0))
+        name_session(session_start, f"{self.version or Path(self.save_dir).name}  ({self.save_dir})")
         for summary in (experiment, session_start, session_end):
             writer.add_summary(summary)
