@@ -9,6 +9,7 @@ import functools
 import logging
 import warnings
 from collections.abc import Iterable
+from pathlib import Path
 
 import matplotlib
 from matplotlib import font_manager
@@ -49,6 +50,12 @@ def font_characters(path: str) -> frozenset[int]:
         return frozenset(FT2Font(path).get_charmap())
     except (OSError, RuntimeError, ValueError):
         return frozenset()
+
+
+def font_list_file() -> Path:
+    """matplotlib's cached list of installed fonts: a font installed after it was written is not
+    seen until it is deleted."""
+    return Path(matplotlib.get_cachedir()) / f"fontlist-v{font_manager.FontManager.__version__}.json"
 
 
 def default_font_path() -> str:
@@ -102,8 +109,10 @@ def use_fonts_for(texts: Iterable[str]) -> None:
     if not _warned:
         _warned.append("".join(sorted(missing)[:10]))
         log.warning(
-            "no installed font has the characters %s%s of the class names: figures show them as boxes"
-            " (a font with them, e.g. Debian's fonts-noto-cjk for CJK names, is used when installed)",
+            "no installed font has the characters %s%s of the class names, so figures show them as"
+            " boxes: install one (e.g. Debian's fonts-noto-cjk for CJK names) and delete %s, matplotlib's"
+            " list of fonts, for it to be used",
             _warned[0],
             "..." if len(missing) > 10 else "",
+            font_list_file(),
         )
