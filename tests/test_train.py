@@ -59,7 +59,7 @@ def test_default_run_reaches_95_percent_and_writes_the_run_files(digits_run):
     assert 0 <= metrics["val/ece"] < 0.2
     assert_metrics_match_a_plain_evaluation(run_dir, metrics)
     assert "split: test (360 images)" in report
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))  # in the run's own folder
     # best.ckpt holds the best val/top1 seen, the one metrics.json reports
     best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
     (score,) = [s["best_model_score"] for key, s in best["callbacks"].items() if "'val/top1'" in key]

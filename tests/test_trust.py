@@ -165,7 +165,8 @@ def test_the_tensorboard_events_hold_the_confusion_matrix_when_train_returns(
     monkeypatch.setattr(FileWriter, "close", _recording(FileWriter.close, closed))
     train(compose_train(*SHORT[:-1], "trainer.max_epochs=1"))
     assert opened and len(closed) >= len(opened)
-    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0})
+    (events_dir,) = (tmp_path / "run" / "tensorboard").iterdir()  # the run's folder, named for TensorBoard
+    events = EventAccumulator(str(events_dir), size_guidance={"images": 0})
     events.Reload()
     assert "test/confusion_matrix" in events.Tags()["images"]
     # The HPARAMS tab: the run's hyperparameters, and the metrics to compare runs by, each a scalar

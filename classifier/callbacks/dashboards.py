@@ -1,6 +1,7 @@
 """What a run shows while it trains: TensorBoard images each validation epoch (confusion matrix,
 reliability diagram, the worst misclassified val images), the augmented training images the model
-sees at the start, and curves.png (loss and top-1, train vs val) in the run directory."""
+sees at the start, curves.png (loss and top-1, train vs val) in the run directory, and the learning
+rate as one `train/lr` chart per schedule."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from matplotlib.figure import Figure
 
+from classifier.errors import UserError
+from classifier.evaluation.fonts import use_fonts_for
 from classifier.evaluation.metrics import ECE_BINS
 from classifier.evaluation.reports import (
     CURVE_METRICS,
@@ -58,7 +61,11 @@ def image_grid_figure(images: np.ndarray, titles: Sequence[str], suptitle: str) 
         top, left = (i // columns) * cell_h + caption, (i % columns) * cell_w
         mosaic[top : top + height, left : left + width] = image
     scale = 2.0 / max(width, 48)  # inches per pixel: about 2 inches a cell
-    fig = Figure(figsize=(columns * cell_w * scale, rows * cell_h * scale + 0.4), layout="constrained")
+    use_fonts_for(titles)
+    # As wide as the title at least (about 0.11 inch a character at 12 pt): one to three mistakes
+    # make a narrower grid than "most confident val mistakes, epoch 12".
+    fig_width = max(columns * cell_w * scale, 0.11 * len(suptitle) + 0.3)
+    fig = Figure(figsize=(fig_width, rows * cell_h * scale + 0.4), layout="constrained")
     fig.suptitle(suptitle)
     ax = fig.subplots()
     ax.imshow(mosaic, interpolation="nearest" if height <= 64 else "antialiased")
@@ -265,3 +272,75 @@ class Dashboards(L.Callback):
     def _write_curves(self) -> None:
         if self.output_dir is not None and self.history:
             save_figure(curves_figure(self.history), self.output_dir / CURVES_FILE)
+
+
+# -- learning rate ----------------------------------------------------------------------------------
+LR_TAG = "train/lr"
+SAME_FACTOR = 1e-6  # relative tolerance: schedules whose factors differ by less are one schedule
+
+
+def schedule_factor(group: dict[str, Any]) -> float | None:
+    """How far a parameter group's schedule has moved its rate: lr / the rate it started from
+    (torch's schedulers keep it as `initial_lr`; without a scheduler the rate stays where it began).
+    None for a group that starts at 0."""
+    initial = group.get("initial_lr", group["lr"])
+    return group["lr"] / initial if initial else None
+
+
+def same_schedule(a: float | None, b: float | None) -> bool:
+    return a is None or b is None or math.isclose(a, b, rel_tol=SAME_FACTOR)
+
+
+def learning_rate_charts(param_groups: Sequence[dict[str, Any]], separate: set[int]) -> dict[str, float]:
+    """TensorBoard tag -> learning rate, for `param_groups` (of every optimizer, in order).
+
+    Groups share a schedule when their rates keep the same ratio: the same factor over their initial
+    rate. Layer-wise decay, a backbone's lower rate and norm_lr_scale only scale one schedule, so a
+    run's groups are one chart, `train/lr`, drawn at the largest rate among them (the configured
+    optimizer.lr through its schedule). A group that has ever followed another schedule than the
+    first group's gets a chart of its own, `train/lr_pg<N>` (N counting from 1, as Lightning names
+    groups); `separate` holds the indices of those groups and grows as they are found.
+    """
+    factors = [schedule_factor(group) for group in param_groups]
+    separate.update(i for i, factor in enumerate(factors) if not same_schedule(factor, factors[0]))
+    shared = [group["lr"] for i, group in enumerate(param_groups) if i not in separate]
+    charts = {LR_TAG: max(shared)} if shared else {}
+    charts.update({f"{LR_TAG}_pg{i + 1}": param_groups[i]["lr"] for i in sorted(separate)})
+    return charts
+
+
+class LearningRates(L.Callback):
+    """The learning rate in every logger (TensorBoard, CSV, ...) under `train/lr`, beside the training
+    loss: one chart for parameter groups that share a schedule, one per schedule otherwise
+    (learning_rate_charts). Lightning's LearningRateMonitor draws a chart per parameter group
+    (`lr-AdamW/pg1` .. `pg4`, identical but for a factor) and files them before every other chart.
+
+    Args:
+        logging_interval: "step" (the rate each optimizer step uses, as often as the trainer logs
+            steps: trainer.log_every_n_steps) or "epoch" (the rate at each epoch's start).
+    """
+
+    def __init__(self, logging_interval: str = "step"):
+        if logging_interval not in ("step", "epoch"):
+            raise UserError(
+                f"callbacks.lr_monitor.logging_interval={logging_interval!r} is not one of step, epoch"
+            )
+        self.logging_interval = logging_interval
+        self._separate: set[int] = set()
+
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, on_step: bool) -> None:
+        groups = [group for optimizer in trainer.optimizers for group in optimizer.param_groups]
+        for tag, rate in learning_rate_charts(groups, self._separate).items():
+            # Per epoch: one value, so the epoch's mean is that rate; Lightning wants epoch values
+            # synced across DDP processes (their rates are the same).
+            pl_module.log(
+                tag, rate, on_step=on_step, on_epoch=not on_step, batch_size=1, sync_dist=not on_step
+            )
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self.logging_interval == "step":
+            self._log(trainer, pl_module, on_step=True)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self.logging_interval == "epoch":
+            self._log(trainer, pl_module, on_step=False)

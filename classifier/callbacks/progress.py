@@ -207,7 +207,11 @@ class EpochSummary(L.Callback):
             if key.split("/")[0] in ("train", "val") and not any(part in key for part in self.SKIPPED)
         }
         speed = metrics.pop("train/images_per_sec", None)
-        parts = [f"{key}={value:.4f}" for key, value in sorted(metrics.items())]
+        # A learning rate of 3e-5 would read 0.0000 with four decimals.
+        parts = [
+            f"{key}={value:.4g}" if "/lr" in key else f"{key}={value:.4f}"
+            for key, value in sorted(metrics.items())
+        ]
         if speed is not None:
             parts.append(f"{speed:.0f} images/s")
         seconds = time.perf_counter() - self._started

@@ -1,22 +1,30 @@
 """Grad-CAM heat maps (Selvaraju et al. 2017) through the grad-cam package (pytorch_grad_cam): where
-in an image the evidence for a class lies, for CNNs and ViTs, laid over the image as the user gave it."""
+in an image the evidence for a class lies, for CNNs and ViTs, laid over the image as the user gave it,
+beside the image, under the predicted label and its probability."""
 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from matplotlib import colormaps
+from matplotlib.figure import Figure
 from PIL import Image
 from torch import nn
 
 from classifier.data.transforms import InputSpec
 from classifier.errors import UserError
+from classifier.evaluation.fonts import use_fonts_for
 from classifier.extras import import_for
 
 OVERLAY_ALPHA = 0.5  # share of the heat map's colour in the overlay
+# Pixels of the short side a picture is drawn at, at least (a 32 px image is a stamp on a screen) and
+# of the long side, at most (a photo's full resolution only makes the file large).
+MIN_SIDE, MAX_SIDE = 224, 1024
+DPI = 100
 
 
 def _require_grad_cam():
@@ -130,3 +138,41 @@ def seen_mask(size: tuple[int, int], spec: InputSpec) -> np.ndarray:
     left, top, right, bottom = crop_box(size, spec)
     xs, ys = np.arange(width) + 0.5, np.arange(height) + 0.5
     return ((ys >= top) & (ys <= bottom))[:, None] & ((xs >= left) & (xs <= right))[None, :]
+
+
+def display_scale(size: tuple[int, int]) -> float:
+    """How much to enlarge (or shrink) an image of `size` for display: a whole factor that brings its
+    short side to MIN_SIDE for small images (so each pixel stays a sharp square), its long side to
+    MAX_SIDE for big ones, else 1."""
+    short, long = min(size), max(size)
+    if short < MIN_SIDE:
+        return float(min(math.ceil(MIN_SIDE / short), max(1, MAX_SIDE // long)))
+    return min(1.0, MAX_SIDE / long)
+
+
+def gradcam_figure(
+    image: Image.Image, cam: np.ndarray, spec: InputSpec, label: str, probability: float
+) -> Figure:
+    """The image and its Grad-CAM overlay side by side at a readable size (display_scale), under
+    "predicted: <label> (probability <p>)". `cam` is the map of the model's input (gradcam_maps);
+    the region the eval crop cut away is left untinted. Small images are enlarged pixel by pixel
+    (nearest), the heat map smoothly (bilinear)."""
+    use_fonts_for([label])
+    scale = display_scale(image.size)
+    width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    small = scale > 1 and min(image.size) < MIN_SIDE
+    shown = image.convert("RGB").resize(
+        (width, height), Image.Resampling.NEAREST if small else Image.Resampling.BILINEAR
+    )
+    heat = heat_on_image(cam, (width, height), spec)
+    picture = overlay(shown, heat, seen_mask((width, height), spec))
+    gap, caption = 8, 36  # pixels between the panels, and above them for the title
+    fig = Figure(figsize=((2 * width + gap) / DPI, (height + caption) / DPI), dpi=DPI)
+    for left, pixels in ((0, shown), (width + gap, picture)):
+        ax = fig.add_axes((left / fig.bbox.width, 0, width / fig.bbox.width, height / fig.bbox.height))
+        ax.imshow(np.asarray(pixels), interpolation="nearest")
+        ax.axis("off")
+    title = f"predicted: {label} (probability {probability:.2f})"
+    title = textwrap.fill(title, width=max(20, int(fig.bbox.width / 10)))  # about 10 pixels a character
+    fig.suptitle(title, y=1 - 4 / fig.bbox.height, va="top", fontsize=13)
+    return fig

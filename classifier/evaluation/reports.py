@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import classification_report
 
+from classifier.evaluation.fonts import use_fonts_for
 from classifier.files import write_atomically
 
 METRICS_FILE = "metrics.json"
@@ -88,30 +91,37 @@ def expected_calibration_error(bins: dict[str, np.ndarray]) -> float:
     return float(np.sum(weights * np.abs(bins["accuracy"][used] - bins["confidence"][used])))
 
 
+MIN_BAR_ALPHA = 0.15  # the shade of a reliability bar of one image among many
+
+
 def reliability_figure(bins: dict[str, np.ndarray], title: str) -> Figure:
     """Accuracy against confidence per bin (bars), the diagonal of perfect calibration, and how
-    many images fall in each bin."""
+    many images fall in each bin. A bar's shade and the number above it are its bin's image count:
+    a bin of one image is right or wrong entirely, and must not look as solid as a full one."""
     fig = Figure(figsize=(5, 6), layout="constrained")
     top, bottom = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
     width = bins["upper"] - bins["lower"]
     used = bins["count"] > 0
+    counts = bins["count"][used]
+    colours = np.tile(to_rgba("tab:blue"), (len(counts), 1))
+    colours[:, 3] = MIN_BAR_ALPHA + (1 - MIN_BAR_ALPHA) * counts / max(counts.max(initial=0), 1)
     top.bar(
         bins["lower"][used],
         bins["accuracy"][used],
         width=width[used],
         align="edge",
         edgecolor="black",
-        color="tab:blue",
-        label="accuracy",
+        color=colours,
+        label="accuracy (shade: images in the bin)",
     )
+    centres = bins["lower"][used] + width[used] / 2
+    for x, accuracy, count in zip(centres, bins["accuracy"][used], counts, strict=True):
+        top.text(x, accuracy + 0.01, f"{count:.0f}", ha="center", va="bottom", fontsize=7)
     top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-    top.set(
-        title=f"{title}, ECE {expected_calibration_error(bins):.4f}",
-        ylabel="accuracy",
-        xlim=(0, 1),
-        ylim=(0, 1),
-    )
-    top.legend(loc="upper left")
+    fig.suptitle(f"{title}, ECE {expected_calibration_error(bins):.4f}")
+    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.08), yticks=np.linspace(0, 1, 6))  # room for counts
+    # Above the axes: inside, the legend would hide the bars (and counts) of low confidences.
+    top.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, fontsize=8, frameon=False)
     bottom.bar(bins["lower"], bins["count"], width=width, align="edge", color="tab:gray")
     bottom.set(xlabel="confidence (top-1 probability)", ylabel="images")
     return fig
@@ -120,15 +130,33 @@ def reliability_figure(bins: dict[str, np.ndarray], title: str) -> Figure:
 # Above this many classes the matrix has no room for class names on its axes, or numbers in its cells.
 MAX_NAMED_CLASSES = 100
 MAX_NUMBERED_CLASSES = 30
+CELL_FILL = 0.8  # the widest number in a cell takes this share of the cell's width, at most
+MAX_CELL_FONT = 16  # points: numbers in the cells of a 2-class matrix get no larger
+
+
+def confusion_panel_side(n: int) -> float:
+    """Inches of one panel's matrix: 0.35 a class, between 3.5 and 28."""
+    return min(28.0, max(3.5, 0.35 * n))
+
+
+def cell_font_size(n: int, widest: int) -> float:
+    """Points for numbers of `widest` characters in the cells of an n-class matrix: as large as fits."""
+    cell = 72 * confusion_panel_side(n) / n  # points
+    return float(np.clip(CELL_FILL * cell / (0.6 * max(widest, 1)), 5, MAX_CELL_FONT))
 
 
 def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
     """Two panels: the counts, and each row normalised to the fraction of its true class (the
-    per-class recall on the diagonal); numbers written when there is room."""
+    per-class recall on the diagonal); numbers written, sized to the cells, when there is room."""
     confusion = np.asarray(confusion, dtype=np.int64)
     n = len(class_names)
-    side = min(30.0, max(4.5, 0.4 * n + 2))
-    fig = Figure(figsize=(2 * side + 1, side), layout="constrained")
+    named = n <= MAX_NAMED_CLASSES
+    if named:
+        use_fonts_for(class_names)
+    side = confusion_panel_side(n)
+    # Room beside and below each matrix for the class names (about 0.08 inch a character at 10 pt).
+    margin = 0.08 * max((len(str(name)) for name in class_names), default=0) + 0.9 if named else 0.6
+    fig = Figure(figsize=(2 * (side + margin + 1.2), side + margin + 0.9), layout="constrained")
     fig.suptitle(title)
     row_fraction = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     panels = (
@@ -139,29 +167,48 @@ def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], title: s
         image = ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax)
         fig.colorbar(image, ax=ax, shrink=0.8, label=label)
         ax.set(xlabel="predicted", ylabel="true", title=name)
-        if n <= MAX_NAMED_CLASSES:
+        if named:
             ax.set(xticks=range(n), yticks=range(n), xticklabels=class_names, yticklabels=class_names)
             ax.tick_params(axis="x", labelrotation=90)
         if n <= MAX_NUMBERED_CLASSES:
-            for (i, j), value in np.ndenumerate(values):
+            texts = [number.format(value) for value in values.ravel()]
+            size = cell_font_size(n, max(map(len, texts)))
+            for (i, j), text in zip(np.ndindex(values.shape), texts, strict=True):
                 color = "white" if row_fraction[i, j] > 0.5 else "black"
-                ax.text(j, i, number.format(value), ha="center", va="center", color=color, fontsize=7)
+                ax.text(j, i, text, ha="center", va="center", color=color, fontsize=size)
     return fig
+
+
+MAX_EPOCH_TICKS = 15  # up to this many epochs, curves.png has a tick at each
+
+
+def epoch_ticks(ax: Axes, epochs: Sequence[float]) -> None:
+    """Whole epochs on the x axis: each one when there are few (matplotlib's own ticks go to 0.945,
+    0.960... around a single epoch), else as many as matplotlib places, at whole numbers."""
+    if not epochs:
+        return
+    first, last = int(min(epochs)), int(max(epochs))
+    if last - first < MAX_EPOCH_TICKS:
+        ax.set_xticks(range(first, last + 1))
+        ax.set_xlim(first - 0.5, last + 0.5)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def curves_figure(history: Sequence[dict[str, float]]) -> Figure:
     """Loss and top-1 per epoch, train against val, from one {epoch, metric: value} dict per epoch."""
     fig = Figure(figsize=(10, 4), layout="constrained")
-    for ax, name in zip(fig.subplots(1, 2), ("loss", "top1"), strict=True):
+    labels = {"train": "train (augmented, averaged over the epoch)", "val": "val (at the epoch's end)"}
+    for ax, (name, title) in zip(fig.subplots(1, 2), (("loss", "loss"), ("top1", "top-1")), strict=True):
         for split, style in (("train", "-o"), ("val", "-s")):
             points = [(e["epoch"], e[f"{split}/{name}"]) for e in history if f"{split}/{name}" in e]
             if points:
                 epochs, values = zip(*points, strict=True)
-                ax.plot(epochs, values, style, markersize=3, label=split)
-        ax.set(xlabel="epoch", ylabel=name, title=f"{name} (train: augmented, averaged over each epoch)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.plot(epochs, values, style, markersize=3, label=labels[split])
+        ax.set(xlabel="epoch", ylabel=name, title=title)
+        epoch_ticks(ax, [e["epoch"] for e in history])
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     return fig
 
 

@@ -228,7 +228,7 @@ def _predict_files(
             probabilities, _ = module.predict_probabilities(images)
         probs, classes = probabilities.float().topk(top_k, dim=1)
         probs, classes = probs.tolist(), classes.tolist()
-        overlays = _gradcam_overlays(predictor, module, images, classes, indices, paths, gradcam_dir)
+        overlays = _gradcam_overlays(predictor, module, images, classes, probs, indices, paths, gradcam_dir)
         for row, (index, p, c) in enumerate(zip(indices, probs, classes, strict=True)):
             entry = {
                 "path": str(paths[index]),
@@ -242,24 +242,22 @@ def _predict_files(
     return rows, failures
 
 
-def _gradcam_overlays(predictor, module, images, classes, indices, paths, folder) -> list[Path]:
-    """Grad-CAM of each image's predicted class, laid over the image file as it is (its own size),
-    written to `folder` as <index>_<name>.png; [] without a folder."""
+def _gradcam_overlays(predictor, module, images, classes, probs, indices, paths, folder) -> list[Path]:
+    """Grad-CAM of each image's predicted class beside the image file, under the label and its
+    probability, written to `folder` as <index>_<name>.png; [] without a folder."""
     if folder is None:
         return []
-    from classifier.evaluation.gradcam import gradcam_maps, heat_on_image, overlay, seen_mask
+    from classifier.evaluation.gradcam import gradcam_figure, gradcam_maps
+    from classifier.evaluation.reports import save_figure
 
     with torch.inference_mode(False):
         cams = gradcam_maps(module, module.net, images.clone(), [c[0] for c in classes])
     written = []
-    for cam, index in zip(cams, indices, strict=True):
-        original = load_rgb(paths[index])
-        heat = heat_on_image(cam, original.size, predictor.input_spec)
-        picture = overlay(original, heat, seen_mask(original.size, predictor.input_spec))
+    for cam, index, c, p in zip(cams, indices, classes, probs, strict=True):
+        label = predictor.class_names[c[0]]
+        figure = gradcam_figure(load_rgb(paths[index]), cam, predictor.input_spec, label, p[0])
         destination = folder / f"{index:05d}_{paths[index].stem}.png"
-        buffer = io.BytesIO()
-        picture.save(buffer, format="PNG")
-        write_atomically(buffer.getvalue(), destination)
+        save_figure(figure, destination)
         written.append(destination)
     return written
 
