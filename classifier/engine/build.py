@@ -109,7 +109,7 @@ def build_trainer(
         if with_loggers
         else []
     )
-    if not loggers:  # LearningRateMonitor refuses to run without a logger to write to
+    if not loggers:  # Lightning's LearningRateMonitor, if a config adds it, refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
