@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import signal
 import statistics
@@ -25,7 +26,11 @@ from classifier.errors import UserError
 from classifier.run.sweeps import SUMMARY_CSV, SUMMARY_MD, SweepSummary, main, summarize, write_summary
 
 sys.path.insert(0, str(REPO))  # hydra_plugins/ at the repository root, as train.py finds it
-from hydra_plugins.classifier_optuna_sweeper.optuna_sweeper import search_space  # noqa: E402
+from hydra_plugins.classifier_optuna_sweeper.optuna_sweeper import (  # noqa: E402
+    OptunaSweeper,
+    StorageError,
+    search_space,
+)
 
 
 def read_rows(path):
@@ -405,10 +410,75 @@ def test_the_optuna_search_space_reads_hydras_sweep_syntax():
     assert search_space(["seed=7"]) == ({}, {"seed": "7"})
 
 
+class StandInLauncher:
+    """Runs no job: each trial's value is 0.5 + its job number / 100; Ctrl-C at job `interrupt_at`."""
+
+    def __init__(self, interrupt_at=None):
+        self.interrupt_at = interrupt_at
+
+    def launch(self, overrides, initial_job_idx):
+        from hydra.core.utils import JobReturn, JobStatus
+
+        if initial_job_idx == self.interrupt_at:
+            raise KeyboardInterrupt
+        values = [0.5 + (initial_job_idx + i) / 100 for i in range(len(overrides))]
+        return [JobReturn(status=JobStatus.COMPLETED, _return_value=value) for value in values]
+
+
+def optuna_sweep(tmp_path, storage, n_trials=2, interrupt_at=None):
+    from optuna.samplers import RandomSampler
+
+    sweeper = OptunaSweeper(
+        sampler=RandomSampler(seed=0),
+        storage=storage,
+        study_name="study",
+        n_trials=n_trials,
+        params={"optimizer.lr": "tag(log, interval(1e-4, 1e-2))"},
+    )
+    sweeper.config = OmegaConf.create(
+        {"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}, "optimized_metric": "val/top1"}
+    )
+    sweeper.launcher = StandInLauncher(interrupt_at)
+    sweeper.sweep([])
+    return OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
+
+
+def test_an_optuna_storage_in_a_missing_folder_creates_it(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO):
+        results = optuna_sweep(tmp_path, "sqlite:///studies/cifar/optuna.db")  # as typed, relative
+    assert (tmp_path / "studies" / "cifar" / "optuna.db").is_file()
+    assert results.trials.finished == 2 and results.best_value == 0.51
+    assert "created studies/cifar for the study's database" in caplog.text
+    assert "best trial 1: val/top1 = 0.51 with optimizer.lr=" in caplog.text
+
+    (tmp_path / "taken").write_text("a file where the folder would go")
+    storage = f"sqlite:///{tmp_path}/taken/optuna.db"
+    message = f"hydra.sweeper.storage={storage}: cannot create the folder {tmp_path}/taken: File exists"
+    with pytest.raises(StorageError, match=f"^{message}$"):
+        optuna_sweep(tmp_path, storage)
+    with pytest.raises(
+        StorageError, match=r"^hydra.sweeper.storage=sqlite:///studies: cannot open the study's database"
+    ):
+        optuna_sweep(tmp_path, "sqlite:///studies")  # a folder, not a database file
+
+
+def test_ctrl_c_fails_the_running_optuna_trial_and_the_study_resumes(tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    with pytest.raises(KeyboardInterrupt):
+        optuna_sweep(tmp_path, storage, n_trials=3, interrupt_at=1)
+    states = [trial.state.name for trial in optuna.load_study(study_name="study", storage=storage).trials]
+    assert states == ["COMPLETE", "FAIL"]  # not RUNNING for ever
+    results = optuna_sweep(tmp_path, storage, n_trials=3)  # the same command again: one trial to go
+    assert results.trials.finished == 3 and results.trials.completed == 2
+
+
 @pytest.mark.process
 @pytest.mark.slow  # two sweeps in other processes
 def test_a_3_trial_optuna_study_reports_its_best_trial_and_resumes_from_its_storage(tmp_path):
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = f"sqlite:///{tmp_path / 'studies' / 'optuna.db'}"  # a folder that is not there yet
     common = [
         "hparams_search=optuna",
         f"hydra.sweeper.storage={storage}",
@@ -441,6 +511,10 @@ def test_a_3_trial_optuna_study_reports_its_best_trial_and_resumes_from_its_stor
         assert int(row["data.batch_size"]) in (32, 64, 128) and int(row["augment.magnitude"]) in range(
             0, 11, 2
         )
+
+    markdown = (tmp_path / "first" / SUMMARY_MD).read_text()
+    for row in rows:  # people read Optuna's draws to 4 significant digits
+        assert f"| {float(row['optimizer.lr']):.4g} |" in markdown and row["optimizer.lr"] not in markdown
 
     output = sweep(4, "again")  # the same study: one trial to go
     assert "3 of 4 trials already finished" in output

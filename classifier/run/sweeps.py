@@ -307,7 +307,7 @@ class Table:
     def console(self, width: int) -> tuple[list[str], int]:
         """The table aligned in columns two spaces apart, with as many columns as fit in `width`
         (in keep_order); returns its lines and how many columns were left out."""
-        widths = [max(len(text) for text in [header, *column]) for header, column in self._columns()]
+        widths = [max(len(text) for text in [header, *texts]) for header, texts in self._column_texts()]
         kept: set[int] = set()
         for index in sorted(range(len(self.headers)), key=lambda i: self.keep_order[i]):
             if kept and sum(widths[i] + 2 for i in kept) + widths[index] > width:
@@ -323,7 +323,7 @@ class Table:
 
         return [line(self.headers), *(line(row) for row in self.cells)], len(self.headers) - len(shown)
 
-    def _columns(self):
+    def _column_texts(self) -> list[tuple[str, list[str]]]:
         return [(header, [row[i] for row in self.cells]) for i, header in enumerate(self.headers)]
 
 
@@ -351,12 +351,7 @@ def _job_columns(rows: list[dict[str, Any]], metric: str | None) -> list[tuple[s
         for key in metric_keys
     ]
     return columns + [
-        (
-            "best epoch",
-            True,
-            (4, 1),
-            ["" if row["best_epoch"] is None else str(row["best_epoch"]) for row in rows],
-        ),
+        ("best epoch", True, (4, 1), [_whole(row["best_epoch"]) for row in rows]),
         ("params (M)", True, (4, 3), [significant(_millions(row["parameters"])) for row in rows]),
         ("images/s", True, (4, 2), [_whole(row["images_per_sec"]) for row in rows]),
         ("seconds", True, (4, 0), [_whole(row["seconds"]) for row in rows]),
@@ -410,7 +405,8 @@ def repeats_table(rows: list[dict[str, Any]], metric: str | None) -> tuple[str, 
             groups.setdefault(setting, []).append(row)
     if not any(len(members) > 1 for members in groups.values()):
         return None
-    metric_keys = [key for key in metric_keys if len({row["metrics"].get(key) for row in rows}) > 1]
+    # as in the jobs' table: a metric the same in every job (to the digits shown) is left out
+    metric_keys = [key for key in metric_keys if len({significant(r["metrics"].get(key)) for r in rows}) > 1]
     runs = " and ".join(REPEATED[key] for key in repeated)
     ordered = sorted(groups.items(), key=lambda item: _group_sort_key(item[1], metric))
     table = Table(
@@ -442,17 +438,8 @@ def summary_csv(rows: list[dict[str, Any]]) -> str:
     override_keys, metric_keys = _columns(rows)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    header = [
-        "job",
-        "status",
-        *override_keys,
-        *metric_keys,
-        "best_epoch",
-        "parameters",
-        "train_images_per_sec",
-    ]
-    header += ["seconds", "error", "overrides"]
-    writer.writerow(header)
+    measured = ["best_epoch", "parameters", "train_images_per_sec", "seconds"]
+    writer.writerow(["job", "status", *override_keys, *metric_keys, *measured, "error", "overrides"])
     for row in rows:
         writer.writerow(
             [
