@@ -23,7 +23,17 @@ from omegaconf import OmegaConf
 from classifier.data import DigitsDataModule
 from classifier.data.splits import targets_of
 from classifier.errors import UserError
-from classifier.run.sweeps import SUMMARY_CSV, SUMMARY_MD, SweepSummary, main, summarize, write_summary
+from classifier.run.sweeps import (
+    SUMMARY_CSV,
+    SUMMARY_MD,
+    SweepSummary,
+    main,
+    mean_and_std,
+    shown_override,
+    significant,
+    summarize,
+    write_summary,
+)
 
 sys.path.insert(0, str(REPO))  # hydra_plugins/ at the repository root, as train.py finds it
 from hydra_plugins.classifier_optuna_sweeper.optuna_sweeper import (  # noqa: E402
@@ -159,6 +169,35 @@ def table_rows(markdown, header_start):
             break
         table.append([cell.strip() for cell in line.strip("|").split("|")])
     return table
+
+
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (0.004622589001020831, "0.004623"),
+        (0.95, "0.9500"),  # trailing zeros kept: a column's decimals line up
+        (2.3038148880004883, "2.304"),
+        (12345.6, "12346"),  # no 1.235e+04
+        (1.23456e-05, "1.235e-05"),
+        (0.0, "0"),
+        (float("nan"), "nan"),
+        (None, ""),
+    ],
+)
+def test_numbers_for_people_have_4_significant_digits(value, text):
+    assert significant(value) == text
+
+
+def test_override_values_and_means_as_people_read_them():
+    assert [shown_override(v) for v in ("0.004622589001020831", "0.001", "1e-4", "resnet18", "128")] == [
+        "0.004623",
+        "0.001",
+        "1e-4",
+        "resnet18",
+        "128",
+    ]
+    assert mean_and_std([0.9583333, 0.9305556]) == "0.9444 ± 0.0196"  # the std to the mean's decimals
+    assert mean_and_std([0.75]) == "0.7500 ± 0.0000"
 
 
 def test_people_read_4_significant_digits_varying_columns_first_and_programs_every_digit(tmp_path):
