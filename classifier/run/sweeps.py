@@ -493,7 +493,7 @@ def summary_console(rows: list[dict[str, Any]], metric: str | None, sweep_dir: P
     """The summary as a terminal shows it at the end of a sweep: the columns that differ between
     jobs, as many as fit in `width` characters, and where the whole summary is."""
     table, same = jobs_table(rows, metric)
-    wrap = textwrap.TextWrapper(width=width, subsequent_indent="  ", break_long_words=False)
+    wrap = textwrap.TextWrapper(width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
     lines = [*wrap.wrap(f"Sweep {sweep_dir}: {_headline(rows, metric)}")]
     common = common_overrides(rows)
     if common:
