@@ -383,7 +383,7 @@ def test_sigint_to_a_multirun_leaves_the_summary_and_the_interrupted_jobs_record
         ("1", "interrupted", "50"),
     ]
     printed = " ".join(output.split())  # lines wrapped at 100 characters joined
-    assert f"Sweep {sweep}: 2 jobs, 1 not completed; sorted by val/top1" in printed  # at exit
+    assert "Sweep sweep: 2 jobs, 1 not completed; sorted by val/top1" in printed  # at exit, as typed
 
 
 def pool_and_val(**kwargs):
@@ -688,6 +688,8 @@ def test_the_cnn_vs_vit_study_trains_both_under_one_recipe_and_prints_their_tabl
             0.1,
         )
         assert row["status"] == "completed" and 0 <= float(row["test/top1"]) <= 1, model
-    lines = result.stdout.splitlines()  # the table, printed
-    header = next(line.split() for line in lines if line.startswith("job "))
-    assert header[:2] == ["job", "model"] and len(max(lines, key=len)) <= 100
+    printed = result.stdout[
+        result.stdout.index(f"Sweep {sweep.relative_to(tmp_path)}:") :
+    ].splitlines()  # the summary, at the end
+    header = next(line.split() for line in printed if line.startswith("job "))
+    assert header[:2] == ["job", "model"] and max(len(line) for line in printed) <= 100

@@ -494,7 +494,10 @@ def summary_console(rows: list[dict[str, Any]], metric: str | None, sweep_dir: P
     jobs, as many as fit in `width` characters, and where the whole summary is."""
     table, same = jobs_table(rows, metric)
     wrap = textwrap.TextWrapper(width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
-    lines = [*wrap.wrap(f"Sweep {sweep_dir}: {_headline(rows, metric)}")]
+    sweep_dir = _shown_dir(sweep_dir)
+    headline = f"Sweep {sweep_dir}: {_headline(rows, metric)}"
+    # a long path on a line of its own rather than wrapped after "Sweep"
+    lines = [headline] if len(headline) <= width else [f"Sweep {sweep_dir}:", f"  {_headline(rows, metric)}"]
     common = common_overrides(rows)
     if common:
         lines += wrap.wrap(f"Every job: {' '.join(common)}")
@@ -512,6 +515,14 @@ def summary_console(rows: list[dict[str, Any]], metric: str | None, sweep_dir: P
     where = f"{sweep_dir / SUMMARY_MD} (all columns), {SUMMARY_CSV} (full precision)"
     lines += [""] + wrap.wrap((f"{left_out} more columns in " if left_out else "Summary: ") + where)
     return "\n".join(lines) + "\n"
+
+
+def _shown_dir(folder: Path) -> Path:
+    """`folder` relative to the working folder when it is inside it (outputs/multirun/...), as typed."""
+    try:
+        return folder.relative_to(Path.cwd())
+    except ValueError:
+        return folder
 
 
 def _clipped_line(text: str, width: int) -> str:
