@@ -1,10 +1,13 @@
 """predict.py: predictions that agree with the checkpoint's evaluation, inputs as files, folders and
-globs, unreadable files listed, ImageNet names without a checkpoint, and Grad-CAM overlays."""
+globs, unreadable files listed, ImageNet names without a checkpoint, Grad-CAM overlays, what the
+console shows, and when an existing output file is replaced."""
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
+import os
 
 import numpy as np
 import pytest
@@ -83,6 +86,68 @@ def test_predictions_on_the_val_folder_are_the_checkpoints_val_evaluation(folder
         assert float(row["prob"]) == pytest.approx(p.max().item(), abs=1e-5)
         assert row["label"] == module.class_names[p.argmax()]
         assert float(row["top1_prob"]) >= float(row["top2_prob"]) and row["top2_label"] != row["label"]
+
+
+def test_one_image_prints_its_top_k_classes_with_their_probabilities(
+    folder_run, tmp_path, capsys, monkeypatch
+):
+    root, ckpt, _ = folder_run
+    monkeypatch.chdir(root)
+    output = tmp_path / "preds.csv"
+    run_predict(tmp_path, f"ckpt_path={ckpt}", "input=val/dog/001.jpg", f"output={output}", "top_k=3")
+    (row,) = read_csv(output)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "val/dog/001.jpg: top 3 of 3 classes"
+    assert lines[1].split() == ["#", "class", "prob"]
+    ranked = [line.split() for line in lines[2:5]]
+    assert ranked == [[str(i), row[f"top{i}_label"], f"{float(row[f'top{i}_prob']):.4f}"] for i in (1, 2, 3)]
+    assert sorted(name for _, name, _ in ranked) == ["cat", "dog", "fox"]
+    assert len({len(line) for line in lines[1:5]}) == 1  # aligned: the probabilities end in one column
+    assert lines[5:] == [f"written to {output}"]
+
+
+def test_many_images_print_the_first_ten_and_how_many_more(folder_run, tmp_path, capsys, monkeypatch):
+    root, ckpt, _ = folder_run
+    monkeypatch.chdir(root)
+    output = tmp_path / "preds.json"
+    run_predict(tmp_path, f"ckpt_path={ckpt}", "input=val", f"output={output}")
+    predictions = json.loads(output.read_text())["predictions"]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["path", "label", "prob"] and len(lines) == 12
+    expected = [[os.path.relpath(p["path"], root), p["label"], f"{p['prob']:.4f}"] for p in predictions]
+    assert [line.split() for line in lines[1:11]] == expected[:10]
+    assert lines[11] == f"... 8 more, all in {output}"  # 18 val images
+
+
+def test_a_rerun_replaces_its_own_predictions_but_another_file_only_with_overwrite(
+    folder_run, tmp_path, caplog
+):
+    root, ckpt, _ = folder_run
+    image = f"input={root / 'val' / 'cat' / '000.png'}"
+    for name in ("preds.csv", "preds.json"):
+        output = tmp_path / name
+        run_predict(tmp_path, f"ckpt_path={ckpt}", image, f"output={output}")
+        first = output.read_text()
+        output.write_text(first.replace(str(root), "/elsewhere"))  # to see that it is replaced
+        with caplog.at_level(logging.WARNING, logger="classifier"):
+            run_predict(tmp_path, f"ckpt_path={ckpt}", image, f"output={output}")  # the same command again
+        assert output.read_text() == first
+        assert f"replacing {output} (predictions written before)" in caplog.messages
+
+    data = tmp_path / "labels.csv"  # a user's own CSV, given as output= by mistake
+    data.write_text("path,label\na.jpg,cat\n")
+    message = (
+        rf"output={data}: {data} exists and is not a predictions file of predict.py; give another file name,"
+        " or overwrite=true to replace it"
+    )
+    with pytest.raises(UserError, match=f"^{message}$"):
+        run_predict(tmp_path, f"ckpt_path={ckpt}", image, f"output={data}")
+    assert data.read_text() == "path,label\na.jpg,cat\n"
+    run_predict(tmp_path, f"ckpt_path={ckpt}", image, f"output={data}", "overwrite=true")
+    assert read_csv(data)[0]["path"] == str(root / "val" / "cat" / "000.png")
+    (tmp_path / "old.csv").mkdir()
+    with pytest.raises(UserError, match=f"output={tmp_path}/old.csv: {tmp_path}/old.csv is a folder"):
+        run_predict(tmp_path, f"ckpt_path={ckpt}", image, f"output={tmp_path}/old.csv")
 
 
 @pytest.mark.long

@@ -1,5 +1,6 @@
 """predict.py: class predictions for image files, folders or globs, from a train.py checkpoint or from
-a timm model with ImageNet weights; CSV or JSON out, optional TTA and Grad-CAM overlays."""
+a timm model with ImageNet weights; CSV or JSON out, optional TTA and Grad-CAM overlays, and the
+answer on the console (one image's top-k, or the first rows of many)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import glob
 import io
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,11 @@ log = logging.getLogger(__name__)
 PREDICTIONS_FILE = "predictions.csv"
 GRADCAM_DIR = "gradcam"
 OUTPUT_FORMATS = (".csv", ".json")
+# How each format's files begin as _write_predictions writes them: such a file may be replaced
+# (re-running the same command), any other file only with overwrite=true.
+PREDICTIONS_START = {".csv": b"path,label,prob", ".json": b'{\n  "predictions": ['}
+PREVIEW_ROWS = 10  # images listed on the console; the file has them all
+PREVIEW_PATH_CHARS, PREVIEW_LABEL_CHARS = 50, 30
 
 
 @dataclass
@@ -157,12 +164,37 @@ def imagenet_predictor(model_cfg: DictConfig) -> Predictor:
 
 
 # -- the task -------------------------------------------------------------------------------------------
-def _output_path(cfg: DictConfig) -> Path:
+def _output_path(cfg: DictConfig) -> tuple[Path, str | None]:
+    """Where the predictions go, and why an existing file there may be replaced (None: no file)."""
     output = cfg.get("output")
     path = expand_path(output) if output else Path(cfg.paths.output_dir) / PREDICTIONS_FILE
     if path.suffix.lower() not in OUTPUT_FORMATS:
         raise UserError(f"output={output}: use a .csv or .json file name")
-    return path
+    if path.is_dir():
+        raise UserError(f"output={output}: {path.resolve()} is a folder; give a .csv or .json file name")
+    return path, _replacing(path, f"output={output}", to_flag(cfg.get("overwrite"), "overwrite"))
+
+
+def _replacing(path: Path, key: str, overwrite: bool) -> str | None:
+    """Re-running a command replaces the predictions it wrote before; a file that is not predict.py's
+    (a data CSV given as output= by mistake) is replaced only with overwrite=true. Returns why the
+    file there may be replaced, or None when there is none.
+
+    Raises:
+        UserError: `path` holds something else and `overwrite` is false.
+    """
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        start = f.read(64)
+    if not start or start.startswith(PREDICTIONS_START[path.suffix.lower()]):
+        return "predictions written before"
+    if overwrite:
+        return "overwrite=true"
+    raise UserError(
+        f"{key}: {path.resolve()} exists and is not a predictions file of predict.py;"
+        " give another file name, or overwrite=true to replace it"
+    )
 
 
 def predict(cfg: DictConfig) -> dict[str, float]:
@@ -175,7 +207,7 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     if batch_size < 1:
         raise UserError(f"batch_size={batch_size} must be at least 1")
     tta, gradcam = to_flag(cfg.get("tta"), "tta"), to_flag(cfg.get("gradcam"), "gradcam")
-    output = _output_path(cfg)
+    output, replacing = _output_path(cfg)
     paths = find_images(str(cfg.input))
     predictor = predictor_from_config(cfg)
     device = inference_device(str(cfg.get("device", "auto")))
@@ -197,6 +229,8 @@ def predict(cfg: DictConfig) -> dict[str, float]:
         collate_fn=collate_readable,
     )
     rows, failures = _predict_files(loader, predictor, module, top_k, gradcam_dir)
+    if replacing:
+        log.warning("replacing %s (%s)", output, replacing)
     _write_predictions(output, rows, failures, top_k)
     log.info(
         "%d images predicted, %d unreadable; %s (model: %s, temperature %.4g%s)",
@@ -209,6 +243,7 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     )
     for path, error in failures:
         log.warning("unreadable image %s: %s", path, error)
+    print(console_preview(rows, output, len(paths), len(predictor.class_names)), flush=True)
     return {}
 
 
@@ -285,3 +320,44 @@ def _write_predictions(output: Path, rows: list[dict], failures: list[tuple[str,
     for path, error in failures:
         writer.writerow({"path": path, "error": error})
     write_atomically(buffer.getvalue().encode(), output)
+
+
+# -- the console ----------------------------------------------------------------------------------------
+def console_preview(rows: list[dict[str, Any]], output: Path, images: int, classes: int) -> str:
+    """What a person reads after predict.py: one image's top-k classes, or the first PREVIEW_ROWS
+    images' labels and how many more there are; then where all of them are."""
+    if images == 1 and rows:
+        (row,) = rows
+        lines = [f"{_shown_path(row['path'])}: top {len(row['top_k'])} of {classes} classes"]
+        ranked = [[str(rank), *_label_and_prob(top)] for rank, top in enumerate(row["top_k"], start=1)]
+        lines += _aligned(["#", "class", "prob"], ranked, right=[True, False, True])
+        return "\n".join([*lines, f"written to {output}"])
+    shown = [[_shown_path(row["path"]), *_label_and_prob(row)] for row in rows[:PREVIEW_ROWS]]
+    lines = _aligned(["path", "label", "prob"], shown, right=[False, False, True]) if shown else []
+    more = len(rows) - len(shown)
+    lines.append(f"... {more} more, all in {output}" if more else f"written to {output}")
+    return "\n".join(lines)
+
+
+def _aligned(header: list[str], rows: list[list[str]], right: list[bool]) -> list[str]:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        padded = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)]
+        return "  ".join(padded).rstrip()
+
+    return [line(header), *(line(row) for row in rows)]
+
+
+def _shown_path(path: str) -> str:
+    """`path` relative to the working folder when it is inside it, its end when it is long."""
+    relative = os.path.relpath(path)
+    shown = path if relative.startswith("..") else relative
+    return shown if len(shown) <= PREVIEW_PATH_CHARS else "…" + shown[-(PREVIEW_PATH_CHARS - 1) :]
+
+
+def _label_and_prob(entry: dict[str, Any]) -> list[str]:
+    label = entry["label"]
+    if len(label) > PREVIEW_LABEL_CHARS:
+        label = label[: PREVIEW_LABEL_CHARS - 1] + "…"
+    return [label, f"{entry['prob']:.4f}"]

@@ -12,6 +12,7 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep, Transformer
 from hydra.core.plugins import Plugins
+from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
@@ -19,6 +20,37 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "optimization_results.yaml"
+STORAGE_KEY = "hydra.sweeper.storage"
+
+
+class StorageError(CompactHydraException):
+    """A study's storage that cannot be opened: Hydra prints this one line, no traceback."""
+
+
+def prepare_storage(storage: str | None) -> None:
+    """Create the folder of a SQLite storage's file (sqlite:///runs/optuna.db makes runs/), as Optuna
+    users expect: SQLite creates the file but not its folder, and SQLAlchemy's error names neither.
+
+    Raises:
+        StorageError: the folder cannot be created, naming it and the key.
+    """
+    if not storage or not str(storage).startswith("sqlite:"):
+        return
+    from sqlalchemy.engine import make_url
+
+    database = make_url(str(storage)).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    folder = Path(database).parent  # as SQLite opens it: relative to the working folder, no ~
+    if folder.is_dir():
+        return
+    try:
+        folder.mkdir(parents=True)
+    except OSError as exc:
+        raise StorageError(
+            f"{STORAGE_KEY}={storage}: cannot create the folder {folder}: {exc.strerror}"
+        ) from exc
+    log.info("created %s for the study's database (%s=%s)", folder, STORAGE_KEY, storage)
 
 
 def distribution_of(override: Override) -> Any:
@@ -111,13 +143,7 @@ class OptunaSweeper(Sweeper):
 
         configured = [f"{key}={value}" for key, value in (self.params or {}).items()]
         distributions, fixed = search_space([*configured, *arguments])
-        study = optuna.create_study(
-            study_name=self.study_name,
-            storage=self.storage,
-            sampler=self.sampler,
-            directions=self.directions,
-            load_if_exists=True,
-        )
+        study = self._open_study(optuna)
         finished = sum(t.state.is_finished() for t in study.trials)
         if finished:
             log.info(
@@ -133,12 +159,42 @@ class OptunaSweeper(Sweeper):
                 tuple(f"{key}={value}" for key, value in {**fixed, **trial.params}.items())
                 for trial in trials
             ]
-            returns = self.launcher.launch(overrides, initial_job_idx=job)
+            try:
+                returns = self.launcher.launch(overrides, initial_job_idx=job)
+            except BaseException:
+                # Ctrl-C (a job's SystemExit) or a launcher error: as Optuna's own optimize() does,
+                # the trials are failed rather than left running forever in a stored study.
+                for trial in trials:
+                    study.tell(trial, state=TrialState.FAIL)
+                raise
             for trial, result in zip(trials, returns, strict=True):
                 self._tell(study, trial, result, TrialState)
             job += len(trials)
             finished += len(trials)
         self._report(study)
+
+    def _open_study(self, optuna):
+        """The study, new or continued from the storage.
+
+        Raises:
+            StorageError: a storage URL SQLAlchemy cannot open, naming the key.
+        """
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            prepare_storage(self.storage)
+            return optuna.create_study(
+                study_name=self.study_name,
+                storage=self.storage,
+                sampler=self.sampler,
+                directions=self.directions,
+                load_if_exists=True,
+            )
+        except SQLAlchemyError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StorageError(
+                f"{STORAGE_KEY}={self.storage}: cannot open the study's database: {reason}"
+            ) from exc
 
     @staticmethod
     def _tell(study, trial, result, TrialState) -> None:
@@ -170,9 +226,9 @@ class OptunaSweeper(Sweeper):
         if completed and len(self.directions) == 1:
             best = study.best_trial
             results.update(best_trial=best.number, best_value=best.value, best_params=dict(best.params))
-            log.info(
-                "best trial %d: %s = %s with %s", best.number, self.directions[0], best.value, best.params
-            )
+            objective = OmegaConf.select(self.config, "optimized_metric") or self.directions[0]
+            params = ", ".join(f"{key}={_rounded(value)}" for key, value in best.params.items())
+            log.info("best trial %d: %s = %s with %s", best.number, objective, _rounded(best.value), params)
         elif completed:
             results["best_trials"] = [
                 {"number": t.number, "values": t.values, "params": t.params} for t in study.best_trials
@@ -182,3 +238,8 @@ class OptunaSweeper(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
+
+
+def _rounded(value: Any) -> Any:
+    """A float to 4 significant digits for the log (optimization_results.yaml keeps every digit)."""
+    return f"{value:.4g}" if isinstance(value, float) else value
