@@ -51,11 +51,9 @@ test: $(DEV_STAMP)  ## the whole suite (slow real-data tests skip when their dat
 # The inner loop while changing the code: the tests that start no Python process (`process`: a root
 # script as typed, a sweep, DDP) and read no real data (`slow`), less the in-process ones that cost
 # seconds of CPU each (`long`: whole runs, probes, tuning; a cheaper test of each area stays, and
-# small_digits_run still trains, evaluates, predicts and exports). 257 of 325 tests; measured on
-# 2 cores shared with other work: 44-51 s wall while that work was light, 109 s while it kept both
-# cores busy; ~100 s of CPU either way (the former `not slow`, 296 tests: 250-346 s wall, ~238 s of
-# CPU). `make test` runs all of them: 268 s.
-test-fast: $(DEV_STAMP)  ## the fast tests, under a minute: not slow, not process, not long
+# small_digits_run still trains, evaluates, predicts and exports). 351 of 427 tests; measured on
+# 2 idle cores: 64 s wall, 114 s of CPU (docs/performance.md#the-test-suite).
+test-fast: $(DEV_STAMP)  ## the fast tests, about a minute: not slow, not process, not long
 	$(BIN)/python -m pytest -n $(PYTEST_PROCESSES) -m "not slow and not process and not long" $(ARGS)
 
 # A fresh venv holding exactly the floors (torch's is a download of ~3 GB when not cached).
