@@ -167,7 +167,8 @@ def gradcam_figure(
     heat = heat_on_image(cam, (width, height), spec)
     picture = overlay(shown, heat, seen_mask((width, height), spec))
     gap, caption = 8, 36  # pixels between the panels, and above them for the title
-    fig = Figure(figsize=((2 * width + gap) / DPI, (height + caption) / DPI), dpi=DPI)
+    # A quarter pixel more: older matplotlib truncates inches x dpi (455.99... -> 455), newer rounds.
+    fig = Figure(figsize=((2 * width + gap + 0.25) / DPI, (height + caption + 0.25) / DPI), dpi=DPI)
     for left, pixels in ((0, shown), (width + gap, picture)):
         ax = fig.add_axes((left / fig.bbox.width, 0, width / fig.bbox.width, height / fig.bbox.height))
         ax.imshow(np.asarray(pixels), interpolation="nearest")
