@@ -73,6 +73,18 @@ def expand_path(value: str | os.PathLike) -> Path:
     return Path(os.path.expandvars(os.path.expanduser(os.fspath(value))))
 
 
+def existing_file(value: str | os.PathLike, key: str) -> Path:
+    """The file `key=value` names, with `~` and $VARS expanded.
+
+    Raises:
+        UserError: there is no file there.
+    """
+    path = expand_path(value)
+    if not path.is_file():
+        raise UserError(f"{key}={value} does not exist (looked for {path.resolve()})")
+    return path
+
+
 def cache_home() -> Path:
     """$XDG_CACHE_HOME/classifier (~/.cache/classifier): what later runs on the same data reuse."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "classifier"

@@ -4,12 +4,10 @@ them again where it uses them; this only makes the refusal come at once."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from omegaconf import DictConfig
 
 from classifier.errors import UserError
-from classifier.files import expand_path
+from classifier.files import existing_file, expand_path
 from classifier.run.directory import check_can_create
 
 # Keys that name a file a task writes (beside its run directory, which Hydra has created).
@@ -23,7 +21,7 @@ def check_before_loading(task: str, cfg: DictConfig) -> None:
     that cannot be written."""
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
-        check_file_exists(ckpt_path, "ckpt_path")
+        existing_file(ckpt_path, "ckpt_path")
     for key in INPUT_KEYS.get(task, ()):
         if cfg.get(key):
             _check_images_exist(str(cfg.get(key)), key)
@@ -31,18 +29,6 @@ def check_before_loading(task: str, cfg: DictConfig) -> None:
         if cfg.get(key):
             path = expand_path(cfg.get(key))
             check_can_create(path.parent, f"{key}={cfg.get(key)}")
-
-
-def check_file_exists(value: str | Path, key: str) -> Path:
-    """The file `key=value` names, with `~` and $VARS expanded.
-
-    Raises:
-        UserError: there is no file there.
-    """
-    path = expand_path(value)
-    if not path.is_file():
-        raise UserError(f"{key}={value} does not exist (looked for {path.resolve()})")
-    return path
 
 
 def _check_images_exist(pattern: str, key: str) -> None:

@@ -11,7 +11,7 @@ from timm.models import load_state_dict
 from torch import nn
 
 from classifier.errors import UserError, first_line_of, pickled_code_line
-from classifier.files import expand_path
+from classifier.files import existing_file, expand_path
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,7 @@ def head_keys(model: nn.Module) -> set[str]:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a state_dict file: a plain state_dict, a timm checkpoint (EMA weights when present),
     a safetensors file, or a checkpoint of this framework. Loaded with weights_only=True."""
-    path = expand_path(path)
-    if not path.is_file():
-        raise UserError(f"model.weights={path} does not exist (looked for {path.resolve()})")
+    path = existing_file(expand_path(path), "model.weights")  # expanded first: the line names the file
     try:
         state = load_state_dict(str(path), use_ema=True, weights_only=True)
     except Exception as exc:

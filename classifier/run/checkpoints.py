@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from classifier.errors import UserError, first_line_of, pickled_code_line
-from classifier.files import expand_path, write_atomically
+from classifier.files import existing_file, expand_path, write_atomically
 from classifier.run.changed_config import report_config_changes
 
 log = logging.getLogger(__name__)
@@ -148,9 +148,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises:
         UserError: the file is missing, unreadable, or not a checkpoint of this framework.
     """
-    path = expand_path(path)
-    if not path.is_file():
-        raise UserError(f"ckpt_path={path} does not exist (looked for {path.resolve()})")
+    path = existing_file(expand_path(path), "ckpt_path")  # expanded first: the line names the file
     return _read(path, f"ckpt_path={path}")
 
 
@@ -167,9 +165,7 @@ def resume_checkpoint(output_dir: str | Path, resume: bool | str, ckpt_path: str
             or resume=true finds no last.ckpt.
     """
     if ckpt_path:
-        path = expand_path(ckpt_path)
-        if not path.is_file():
-            raise UserError(f"ckpt_path={ckpt_path} does not exist (looked for {path.resolve()})")
+        path = existing_file(ckpt_path, "ckpt_path")
         log.info("resuming from ckpt_path=%s", path)
         return str(path)
     if resume not in ("auto", True, False):
