@@ -57,6 +57,17 @@ def multirun(cwd, *overrides: str) -> subprocess.CompletedProcess:
     )
 
 
+# A job of a few batches on a narrow scratch_cnn, without the extras a sweep's tests do not read.
+TINY_JOB = [
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "model.width=8",
+    "logger=none",
+    "measure_cpu_speed=false",
+]
+
+
 def the_sweep(cwd):
     """The one sweep folder a multirun from `cwd` wrote."""
     (sweep,) = (cwd / "outputs" / "multirun").glob("*/*")
@@ -76,7 +87,6 @@ def test_a_2x2_multirun_summarises_every_job_and_a_failed_one_does_not_stop_the_
         "trainer.limit_test_batches=1",
         "model.width=8",
         "logger=none",
-        "trainer.enable_model_summary=false",
     )
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "Traceback" not in output
@@ -357,12 +367,7 @@ def test_sigint_to_a_multirun_leaves_the_summary_and_the_interrupted_jobs_record
         str(REPO / "train.py"),
         "-m",
         "trainer.max_epochs=1,50",  # job 1 trains long enough to be stopped
-        "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1",
-        "model.width=8",
-        "logger=none",
-        "measure_cpu_speed=false",
+        *TINY_JOB,
         "hydra.sweep.dir=sweep",
     ]
     process = subprocess.Popen(
@@ -519,12 +524,7 @@ def test_a_3_trial_optuna_study_reports_its_best_trial_and_resumes_from_its_stor
         "hparams_search=optuna",
         f"hydra.sweeper.storage={storage}",
         "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1",
-        "model.width=8",
-        "logger=none",
-        "trainer.enable_model_summary=false",
+        *TINY_JOB,
     ]
 
     def sweep(trials: int, folder: str):
@@ -636,12 +636,7 @@ def test_a_launcher_runs_jobs_in_their_own_processes_and_folders(tmp_path, launc
         *(["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []),
         "seed=1,2",
         "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1",
-        "model.width=8",
-        "logger=none",
-        "measure_cpu_speed=false",
+        *TINY_JOB,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     sweep = the_sweep(tmp_path)
