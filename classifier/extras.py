@@ -20,6 +20,8 @@ EXTRAS = {
     "sweeps": "optuna hydra-joblib-launcher hydra-submitit-launcher",
     "streaming": "litdata",
     "clip": "open_clip_torch",
+    "mlflow": "mlflow",
+    "wandb": "wandb",
 }
 
 # Command-line choices that need an extra before Hydra can even compose the config:

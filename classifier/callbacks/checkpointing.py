@@ -20,12 +20,14 @@ from classifier.callbacks.progress import epoch_of
 from classifier.run.checkpoints import (
     RNG_KEY,
     RUN_KEY,
+    TRACKERS_KEY,
     TRAIN_SECONDS_KEY,
     add_run_state,
     collect_rng_states,
     restore_rng_states,
     run_metadata,
 )
+from classifier.run.trackers import tracker_references
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,10 @@ class RunMetadata(L.Callback):
         return self._seconds_before + running
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        add_run_state(checkpoint, {**self.metadata, TRAIN_SECONDS_KEY: self.train_seconds})
+        metadata = {**self.metadata, TRAIN_SECONDS_KEY: self.train_seconds}
+        if trackers := tracker_references(trainer.loggers):  # eval.py and predict.py attach to them
+            metadata[TRACKERS_KEY] = trackers
+        add_run_state(checkpoint, metadata)
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         if trainer.state.fn != TrainerFn.FITTING:  # validate/test of a checkpoint: nothing resumes

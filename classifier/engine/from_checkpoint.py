@@ -5,7 +5,7 @@ allow-list, whatever the saved config names."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -17,6 +17,7 @@ from classifier.engine.module import ClassifierModule
 from classifier.errors import UserError
 from classifier.models import create_model
 from classifier.run.checkpoints import (
+    TRACKERS_KEY,
     TRAIN_SECONDS_KEY,
     load_checkpoint,
     saved_run,
@@ -125,6 +126,7 @@ class SavedModel:
     config: dict[str, Any]  # the run's saved config
     path: str
     training: dict[str, Any]  # what the checkpoint says of its training: epoch, global_step, seconds
+    trackers: dict[str, dict[str, str]] = field(default_factory=dict)  # the tracker runs that trained it
 
     @property
     def trains_with_flips(self) -> bool:
@@ -178,7 +180,19 @@ def load_model(ckpt_path: str) -> SavedModel:
         "global_step": _count(checkpoint.get("global_step")),
         "seconds": _count(saved.get(TRAIN_SECONDS_KEY), kind=float),
     }
-    return SavedModel(module, class_names, input_spec, dict(config), str(ckpt_path), training)
+    trackers = _plain_strings(saved.get(TRACKERS_KEY))
+    return SavedModel(module, class_names, input_spec, dict(config), str(ckpt_path), training, trackers)
+
+
+def _plain_strings(value: Any) -> dict[str, dict[str, str]]:
+    """A {name: {key: text}} mapping from a checkpoint, {} for anything else (the file is data)."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        str(name): {str(k): str(v) for k, v in entry.items() if isinstance(v, str)}
+        for name, entry in value.items()
+        if isinstance(entry, dict)
+    }
 
 
 def _count(value: Any, offset: int = 0, kind: type = int) -> int | float | None:

@@ -29,6 +29,8 @@ RNG_KEY = "rng_states"
 RUN_FIELDS = ("config", "class_names", "input")
 # Seconds spent training so far, in the run metadata of every checkpoint (model_card.yaml reports it).
 TRAIN_SECONDS_KEY = "train_seconds"
+# The tracker runs (MLflow) that trained the checkpoint, in its run metadata when it has any.
+TRACKERS_KEY = "trackers"
 # What to do with a checkpoint that holds code (errors.pickled_code_line).
 RESAVE_ADVICE = (
     "ckpt_path takes a checkpoint written by train.py; weights from elsewhere go in as model.weights=PATH"

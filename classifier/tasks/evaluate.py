@@ -13,9 +13,8 @@ from classifier.engine.build import build_trainer
 from classifier.engine.from_checkpoint import load_model, saved_datamodule
 from classifier.evaluation.model_card import write_run_model_card
 from classifier.evaluation.passes import evaluate_and_report, evaluation_flags
-from classifier.run.checkpoints import (
-    save_with_temperature,
-)
+from classifier.run.checkpoints import save_with_temperature
+from classifier.run.trackers import attach_results, existing_run_files
 
 log = logging.getLogger(__name__)
 
@@ -59,4 +58,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             saved.training,
             measure_cpu_speed,
         )
+        if cfg.get("attach_to_training_run", True):
+            files = existing_run_files(output_dir, with_checkpoint=False)
+            attach_results(saved.trackers.get("mlflow"), output_dir, "eval", metrics, files)
     return metrics

@@ -10,7 +10,7 @@ import io
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from classifier.evaluation.tta import TestTimeAugmentation
 from classifier.files import expand_path, write_atomically
 from classifier.models import check_model_name, create_model, pretrained_input
 from classifier.models.weights import load_local_weights
+from classifier.run.trackers import attach_results
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class Predictor:
     input_spec: InputSpec
     flips: bool  # whether TTA may mirror (the model trained on mirrored images)
     source: str  # the checkpoint, or the timm weights
+    trackers: dict[str, dict[str, str]] = field(default_factory=dict)  # the checkpoint's tracker runs
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
@@ -119,9 +121,8 @@ def predictor_from_config(cfg: DictConfig) -> Predictor:
     """From ckpt_path (a train.py checkpoint), else from a timm model with ImageNet weights."""
     if cfg.get("ckpt_path"):
         saved = load_model(str(cfg.ckpt_path))
-        return Predictor(
-            saved.module, saved.class_names, saved.input_spec, saved.trains_with_flips, saved.path
-        )
+        flips = saved.trains_with_flips
+        return Predictor(saved.module, saved.class_names, saved.input_spec, flips, saved.path, saved.trackers)
     model_cfg = cfg.get("model")
     if model_cfg is None or not uses_pretrained_weights(model_cfg):
         raise UserError(
@@ -244,6 +245,9 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     for path, error in failures:
         log.warning("unreadable image %s: %s", path, error)
     print(console_preview(rows, output, len(paths), len(predictor.class_names)), flush=True)
+    if cfg.get("attach_to_training_run", True):
+        run_dir = Path(cfg.paths.output_dir)
+        attach_results(predictor.trackers.get("mlflow"), run_dir, "predict", files=[output])
     return {}
 
 
