@@ -32,7 +32,16 @@ _OVERRIDES_NEEDING_EXTRAS = {
     ("hydra/launcher", "submitit_local"): ("hydra_plugins.hydra_submitit_launcher", "sweeps"),
     ("hydra/launcher", "submitit_slurm"): ("hydra_plugins.hydra_submitit_launcher", "sweeps"),
     ("hydra/launcher", "slurm"): ("hydra_plugins.hydra_submitit_launcher", "sweeps"),
+    ("logger", "mlflow"): ("mlflow", "mlflow"),
+    ("logger", "wandb"): ("wandb", "wandb"),
 }
+
+
+def _chosen_options(value: str) -> list[str]:
+    """The options of a group override's value: `mlflow`, or each of a list `[tensorboard,mlflow]`."""
+    if value.startswith("[") and value.endswith("]"):
+        return [option.strip() for option in value[1:-1].split(",")]
+    return [value]
 
 
 def install_hint(extra: str) -> str:
@@ -63,11 +72,12 @@ def _installed(module: str) -> bool:
 
 
 def refuse_overrides_needing_missing_extras(argv: list[str] | None = None) -> None:
-    """Exit with one line when a command-line choice (`hparams_search=optuna`, `hydra/launcher=joblib`)
+    """Exit with one line when a command-line choice (`hparams_search=optuna`, `logger=[tensorboard,mlflow]`)
     needs an extra that is not installed: Hydra would answer with a page about missing configs."""
     argv = sys.argv if argv is None else argv
     for arg in argv[1:]:
         key, sep, value = arg.lstrip("+").partition("=")
-        needed = _OVERRIDES_NEEDING_EXTRAS.get((key, value)) if sep else None
-        if needed and not _installed(needed[0]):
-            sys.exit(f"[ERROR] {missing_extra(arg, needed[1])}")
+        for option in _chosen_options(value) if sep else []:
+            needed = _OVERRIDES_NEEDING_EXTRAS.get((key, option))
+            if needed and not _installed(needed[0]):
+                sys.exit(f"[ERROR] {missing_extra(arg, needed[1])}")

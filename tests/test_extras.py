@@ -75,6 +75,8 @@ def test_a_broken_dependency_of_an_installed_extra_keeps_its_traceback(monkeypat
             "sweeps",
         ),
         (["train.py", "-m", "hydra/launcher=slurm"], "hydra_plugins.hydra_submitit_launcher", "sweeps"),
+        (["train.py", "seed=1", "logger=mlflow"], "mlflow", "mlflow"),
+        (["train.py", "seed=1", "logger=[tensorboard,wandb]"], "wandb", "wandb"),
     ],
 )
 def test_a_command_line_choice_needing_a_missing_extra_is_refused_in_one_line(
@@ -88,6 +90,7 @@ def test_a_command_line_choice_needing_a_missing_extra_is_refused_in_one_line(
 
 def test_choices_whose_extra_is_installed_pass():
     refuse_overrides_needing_missing_extras(["train.py", "-m", "hparams_search=optuna", "seed=1,2"])
+    refuse_overrides_needing_missing_extras(["train.py", "logger=[tensorboard,mlflow,wandb]"])
 
 
 def test_every_extra_named_in_a_hint_is_declared_and_the_base_holds_none_of_them():

@@ -11,8 +11,9 @@ from classifier.errors import UserError
 
 log = logging.getLogger(__name__)
 
-# Keys that name where this run is, not how it trains: they differ whenever a run dir moves.
-NOT_COMPARED = ("paths", "hydra", "resume", "ckpt_path", "trainer.default_root_dir")
+# Keys that name where this run is or reports to, not how it trains: they differ whenever a run dir
+# moves, and the trackers' run names follow the command line's overrides.
+NOT_COMPARED = ("paths", "hydra", "resume", "ckpt_path", "trainer.default_root_dir", "logger")
 UNSET = "(unset)"
 
 

@@ -97,16 +97,21 @@ def readable_value(value: Any) -> str:
     return str(value)
 
 
-def flat_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """The config flattened to override keys (`optimizer.lr`) with readable values."""
-    flat: dict[str, str] = {}
+def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The config's leaves keyed as overrides are (`optimizer.lr`), values as they are."""
+    flat: dict[str, Any] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
-            flat.update(flat_params(value, f"{name}."))
+            flat.update(flat_config(value, f"{name}."))
         else:
-            flat[name] = readable_value(dict(value) if isinstance(value, Mapping) else value)
+            flat[name] = dict(value) if isinstance(value, Mapping) else value
     return flat
+
+
+def flat_params(config: Mapping[str, Any]) -> dict[str, str]:
+    """The config flattened to override keys (`optimizer.lr`) with readable values (MLflow's are text)."""
+    return {key: readable_value(value) for key, value in flat_config(config).items()}
 
 
 def shortened(value: str, limit: int) -> str:
@@ -205,8 +210,14 @@ def check_server_answers(tracking_uri: str, key: str) -> None:
     try:
         requests.get(tracking_uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S).raise_for_status()
     except requests.RequestException as exc:
+        if isinstance(exc, requests.Timeout):
+            reason = f"no answer in {SERVER_TIMEOUT_S} s"
+        elif isinstance(exc, requests.ConnectionError):
+            reason = "cannot connect"
+        else:
+            reason = first_line_of(exc)
         raise UserError(
-            f"{key}={tracking_uri}: no MLflow server answers there ({first_line_of(exc)});"
+            f"{key}={tracking_uri}: no MLflow server answers there ({reason});"
             " start one (mlflow server --host 127.0.0.1 --port 5000) or correct the address"
         ) from None
 
@@ -482,7 +493,8 @@ class RunWandbLogger(RunTracker, WandbLogger):
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
         params = params if isinstance(params, Mapping) else vars(params)
-        self.experiment.config.update(flat_params(params), allow_val_change=True)
+        # W&B keeps values' types: its runs table filters and sorts numbers as numbers.
+        self.experiment.config.update(flat_config(params), allow_val_change=True)
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
