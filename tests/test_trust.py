@@ -9,6 +9,8 @@ import logging.config
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,7 +31,7 @@ from classifier.errors import CTRL_C_EXIT, SIGTERM_EXIT, RunInterrupted, UserErr
 from classifier.files import write_atomically
 from classifier.models.weights import read_state_dict
 from classifier.run.checkpoints import load_checkpoint
-from classifier.run.directory import run_dir_lock
+from classifier.run.directory import refuse_if_in_use, run_dir_lock
 from classifier.run.preemption import SIGUSR1_EXIT
 from classifier.tasks.train import train
 
@@ -202,6 +204,37 @@ def test_a_second_run_in_a_busy_run_dir_is_refused(compose_train, tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
     train(compose_train(*SHORT, "trainer.max_epochs=1"))  # free again once the holder is gone
     assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+@pytest.mark.process  # the holder is a python -c, killed as kill -9 would
+def test_a_run_dir_held_by_a_killed_run_is_free_again(tmp_path):
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from classifier.run.directory import run_dir_lock\n"
+            "with run_dir_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
+            str(run_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        in_use = f"is in use by another run \\(pid {holder.pid}\\)"
+        with pytest.raises(UserError, match=in_use), run_dir_lock(run_dir):
+            pass
+        with pytest.raises(UserError, match=in_use):  # the refused attempt left the holder's pid readable
+            refuse_if_in_use(run_dir)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert holder.returncode == -signal.SIGKILL
+    assert (run_dir / ".lock").read_text() == f"{holder.pid}\n"  # what the dead holder left
+    refuse_if_in_use(run_dir)  # the kernel released its lock: nothing to clean up by hand
+    with run_dir_lock(run_dir):
+        assert (run_dir / ".lock").read_text() == f"{os.getpid()}\n"
 
 
 def test_an_unwritable_checkpoint_folder_fails_before_training(compose_train, tmp_path):

@@ -61,6 +61,8 @@ class TrainSpeed(L.Callback):
     """Logs `train/images_per_sec` each epoch: steady-state speed from the end of the first training
     batch to the end of the last (loader start-up, which Lightning begins before the epoch starts,
     and validation are excluded). `make bench` compares it with a plain loop timed the same way.
+    Not Lightning's ThroughputMonitor: its rolling window of steps spans epochs (loader restarts included)
+    and goes only to the loggers, not to callback_metrics, which the model card (and sweeps) read.
     Also `train/startup_s`, once per job: seconds from the job's start (JobClock) to its first
     training step (imports, data, model, sanity check), in the log and in the first epoch's metrics."""
 

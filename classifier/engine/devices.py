@@ -14,15 +14,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from filelock import FileLock, Timeout
 from lightning.pytorch.accelerators import CPUAccelerator
 from omegaconf import DictConfig, open_dict
 
 from classifier.errors import UserError
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; jobs keep the devices the config gives them
-    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +45,6 @@ def wants_one_gpu(cfg: DictConfig) -> bool:
     accelerator = str(trainer.get("accelerator", "auto")).lower()
     return (
         bool(cfg.get("one_gpu_per_job", True))
-        and fcntl is not None
         and accelerator in ("auto", "gpu", "cuda")
         and str(trainer.get("devices")) == "1"
         and torch.cuda.device_count() > 1
@@ -84,7 +79,8 @@ def warn_if_cpu_processes_exceed_cores(trainer: L.Trainer) -> None:
 @contextlib.contextmanager
 def claim_gpu(lock_dir: Path, count: int, timeout: float | None = None) -> Iterator[int]:
     """Hold the lock of the first free GPU of `count` (waiting for one to be released) and yield its
-    index; the lock goes with the process, so a killed job frees its GPU.
+    index; the lock goes with the process, so a killed job frees its GPU. filelock's FileLock: an flock
+    on Unix, LockFileEx on Windows, so jobs side by side get a GPU each there too.
 
     Raises:
         TimeoutError: no GPU was free within `timeout` seconds (None: wait for ever).
@@ -93,17 +89,15 @@ def claim_gpu(lock_dir: Path, count: int, timeout: float | None = None) -> Itera
     started, announced = time.monotonic(), False
     while True:
         for index in range(count):
-            handle = open(lock_dir / f"gpu{index}.lock", "a+")  # noqa: SIM115  (held while yielding)
+            lock = FileLock(lock_dir / f"gpu{index}.lock", preserve_lock_file=True)
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                handle.close()
+                lock.acquire(blocking=False)
+            except Timeout:
                 continue
             try:
                 yield index
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                handle.close()
+                lock.release()
             return
         if timeout is not None and time.monotonic() - started > timeout:
             raise TimeoutError(f"no free GPU of {count} in {timeout:.0f} s")

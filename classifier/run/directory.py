@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from classifier.errors import UserError
+from filelock import FileLock, Timeout
 
-try:
-    import fcntl
-except ImportError:  # Windows: runs go unlocked
-    fcntl = None
+from classifier.errors import UserError
 
 LOCK_FILE = ".lock"
 
@@ -22,34 +19,47 @@ LOCK_FILE = ".lock"
 def run_dir_lock(output_dir: str | Path) -> Iterator[None]:
     """Hold the run directory for the duration of the block; a second run there is refused in one line.
 
-    An flock, not a marker file: the kernel releases it when the process ends in any way (kill -9
-    included), so a crashed run never leaves the directory blocked.
+    filelock's FileLock, not a marker file: an flock on Unix and LockFileEx on Windows (so runs are held
+    there too), which the kernel releases when the process ends in any way (kill -9 included), so a
+    crashed run never leaves the directory blocked. The holder's pid is written into the lock file
+    for the refusal to name (on Windows the locked file cannot be read by others: the refusal says `?`).
 
     Raises:
         UserError: another process holds the directory.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:
-        yield
-        return
-    fd = os.open(output_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    lock = _lock(output_dir, on_acquired=_write_holder_pid)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise _in_use(output_dir, fd) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        lock.acquire(blocking=False)
+    except Timeout:
+        raise _in_use(output_dir) from None
+    try:
         yield
     finally:
-        os.close(fd)  # releases the lock; the file stays, so no other run can race on its creation
+        lock.release()
 
 
-def _in_use(output_dir: str | Path, fd: int) -> UserError:
-    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+def _lock(output_dir: Path, on_acquired: Callable[[int], None] | None = None) -> FileLock:
+    # The file stays after release (filelock removes it on Windows otherwise), so no other run can race
+    # on its creation. A contender that loses does not truncate it (filelock>=3.30): the pid survives.
+    return FileLock(output_dir / LOCK_FILE, preserve_lock_file=True, on_acquired=on_acquired)
+
+
+def _write_holder_pid(fd: int) -> None:
+    """filelock's on_acquired hook: the pid of the process that now holds the lock, in its file."""
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, f"{os.getpid()}\n".encode())
+
+
+def _in_use(output_dir: Path) -> UserError:
+    try:
+        holder = (output_dir / LOCK_FILE).read_text(errors="replace").strip()
+    except OSError:  # Windows: the holder's lock keeps others from reading it
+        holder = ""
     return UserError(
-        f"hydra.run.dir={output_dir} is in use by another run (pid {holder}): wait for it to end,"
+        f"hydra.run.dir={output_dir} is in use by another run (pid {holder or '?'}): wait for it to end,"
         " or give this run another directory"
     )
 
@@ -85,17 +95,16 @@ def check_can_create(folder: str | Path, setting: str) -> None:
 
 
 def refuse_if_in_use(output_dir: str | Path) -> None:
-    """Raises UserError when another run holds `output_dir` (run_dir_lock); holds nothing itself."""
-    lock = Path(output_dir) / LOCK_FILE
-    if fcntl is None or not lock.is_file():
+    """Raises UserError when another run holds `output_dir` (run_dir_lock); holds nothing itself: the
+    lock, when free, is taken and released at once."""
+    output_dir = Path(output_dir)
+    if not (output_dir / LOCK_FILE).is_file():
         return
+    lock = _lock(output_dir)
     try:
-        fd = os.open(lock, os.O_RDONLY)
-    except OSError:  # unreadable: run_dir_lock decides when the run starts
+        lock.acquire(blocking=False)
+    except Timeout:
+        raise _in_use(output_dir) from None
+    except OSError:  # not writable: run_dir_lock decides when the run starts
         return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise _in_use(output_dir, fd) from None
-    finally:
-        os.close(fd)
+    lock.release()
