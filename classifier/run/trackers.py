@@ -164,6 +164,9 @@ class RunTracker:
         """Where the tracker run is, for checkpoints (eval.py and predict.py attach to it)."""
         return None
 
+    def interrupted(self) -> None:
+        """Ctrl-C, SIGTERM or SIGUSR1 stopped the run: it is marked so, not left running."""
+
 
 def close_histories(loggers: Iterable[Logger]) -> None:
     for logger in loggers:
@@ -175,6 +178,12 @@ def record_results(loggers: Iterable[Logger], metrics: Mapping[str, float]) -> N
     for logger in loggers:
         if isinstance(logger, RunTracker):
             logger.record_results(metrics)
+
+
+def mark_interrupted(loggers: Iterable[Logger]) -> None:
+    for logger in loggers:
+        if isinstance(logger, RunTracker):
+            logger.interrupted()
 
 
 def tracker_references(loggers: Iterable[Logger]) -> dict[str, Any]:
@@ -348,6 +357,11 @@ class RunMLFlowLogger(RunTracker, MLFlowLogger):
         return {"tracker": "mlflow", "tracking_uri": self._tracking_uri, "run_id": self._run_id}
 
     @rank_zero_only
+    def interrupted(self) -> None:
+        if self._initialized:
+            self.experiment.set_terminated(self.run_id, "KILLED")  # a resume sets it running again
+
+    @rank_zero_only
     def finalize(self, status: str = "success") -> None:
         if status == "failed" and self._initialized:
             self.experiment.set_terminated(self.run_id, "FAILED")
@@ -518,6 +532,11 @@ class RunWandbLogger(RunTracker, WandbLogger):
             copy.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, copy)
         run.finish()
+
+    @rank_zero_only
+    def interrupted(self) -> None:
+        if self._experiment is not None:
+            self._experiment.finish(exit_code=1)  # resumed with the same id when the run resumes
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:

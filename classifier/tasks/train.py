@@ -44,7 +44,7 @@ from classifier.run.checkpoints import (
 )
 from classifier.run.directory import check_writable, run_dir_lock
 from classifier.run.preemption import SIGUSR1_EXIT, Preemption, sigusr1_stops_training
-from classifier.run.trackers import close_histories, record_results
+from classifier.run.trackers import close_histories, mark_interrupted, record_results
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         # CheckpointOnInterrupt has saved what there was. Any other SystemExit goes on as it is.
         if not _is_interrupt(exc):
             raise
+        mark_interrupted(trainer.loggers)
         raise _interrupted(exc, on_interrupt.saved, output_dir, preemption) from None
 
 
