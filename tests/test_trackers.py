@@ -13,6 +13,7 @@ import pytest
 from conftest import CONF_DIR, compose_config
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from PIL import Image
 
 from classifier.run.trackers import (
     FINAL_PREFIX,
@@ -101,6 +102,7 @@ def _mlflow_run(store: Path):
 @pytest.mark.long
 def test_a_run_logs_to_a_local_mlflow_store_resumes_into_the_same_run_and_eval_adds_to_it(tmp_path):
     from classifier.tasks.evaluate import evaluate
+    from classifier.tasks.predict import predict
     from classifier.tasks.train import train
 
     run_dir, store_dir = tmp_path / "run", tmp_path / "outputs"
@@ -140,6 +142,17 @@ def test_a_run_logs_to_a_local_mlflow_store_resumes_into_the_same_run_and_eval_a
     assert run.data.metrics["eval/val/top1"] == pytest.approx(evaluated["val/top1"])
     eval_artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval/eval")}
     assert "eval/eval/metrics.json" in eval_artifacts and "eval/eval/confusion_matrix.png" in eval_artifacts
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(3):
+        Image.new("RGB", (32, 32), (40 * index, 0, 0)).save(images / f"{index}.png")
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    overrides = [f"ckpt_path={ckpt}", f"input={images}"]
+    predict(compose_config("predict", tmp_path / "predict", overrides, quiet=False))
+    GlobalHydra.instance().clear()
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "predict/predict")}
+    assert artifacts == {"predict/predict/predictions.csv"}
 
 
 def read_wandb_records(path: Path) -> list:
