@@ -278,14 +278,15 @@ class RunMLFlowLogger(RunTracker, MLFlowLogger):
         local = sqlite_path(uri)
         if local is not None and "artifact_location" not in kwargs:
             kwargs["artifact_location"] = str(local.parent / LOCAL_ARTIFACTS)
-        super().__init__(
-            experiment_name=experiment_name or sweep_name() or task,
-            run_name=run_name or self.run_dir.name,
-            tracking_uri=uri,
-            tags=run_context(self.run_dir, task),
-            run_id=resumed,
-            **kwargs,
-        )
+        with store_lock(uri):  # MLflow 3.0 opens (and creates) the store as the client is made
+            super().__init__(
+                experiment_name=experiment_name or sweep_name() or task,
+                run_name=run_name or self.run_dir.name,
+                tracking_uri=uri,
+                tags=run_context(self.run_dir, task),
+                run_id=resumed,
+                **kwargs,
+            )
         self.log_checkpoint = log_checkpoint
         self._resumed = resumed is not None
 
