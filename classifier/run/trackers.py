@@ -168,31 +168,15 @@ class RunTracker:
         """Ctrl-C, SIGTERM or SIGUSR1 stopped the run: it is marked so, not left running."""
 
 
-def close_histories(loggers: Iterable[Logger]) -> None:
-    for logger in loggers:
-        if isinstance(logger, RunTracker):
-            logger.close_history()
-
-
-def record_results(loggers: Iterable[Logger], metrics: Mapping[str, float]) -> None:
-    for logger in loggers:
-        if isinstance(logger, RunTracker):
-            logger.record_results(metrics)
-
-
-def mark_interrupted(loggers: Iterable[Logger]) -> None:
-    for logger in loggers:
-        if isinstance(logger, RunTracker):
-            logger.interrupted()
+def trackers_of(loggers: Iterable[Logger]) -> list[RunTracker]:
+    """The loggers that are trackers (MLflow, W&B) among a Trainer's loggers."""
+    return [logger for logger in loggers if isinstance(logger, RunTracker)]
 
 
 def tracker_references(loggers: Iterable[Logger]) -> dict[str, Any]:
     """{tracker name: reference} of the loggers that track this run elsewhere (MLflow)."""
-    references = {}
-    for logger in loggers:
-        if isinstance(logger, RunTracker) and (reference := logger.reference()):
-            references[reference["tracker"]] = reference
-    return references
+    references = [tracker.reference() for tracker in trackers_of(loggers)]
+    return {reference["tracker"]: reference for reference in references if reference}
 
 
 # --- MLflow ------------------------------------------------------------------------------------------

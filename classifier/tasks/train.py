@@ -44,7 +44,7 @@ from classifier.run.checkpoints import (
 )
 from classifier.run.directory import check_writable, run_dir_lock
 from classifier.run.preemption import SIGUSR1_EXIT, Preemption, sigusr1_stops_training
-from classifier.run.trackers import close_histories, mark_interrupted, record_results
+from classifier.run.trackers import trackers_of
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +95,15 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
             "precision": str(trainer.precision),
             "peak_resident_mib": peak_resident_mib(),  # of this process (rank), training included
         }
-        close_histories(trainer.loggers)  # MLflow and W&B get the final evaluation as final/<key>
+        for tracker in trackers_of(trainer.loggers):  # MLflow and W&B get the final evaluation as final/<key>
+            tracker.close_history()
         metrics, best, report = _evaluate_best(trainer, module, datamodule, output_dir, calibrate, tta)
         if report is not None and trainer.is_global_zero:
             write_run_model_card(
                 output_dir, module, datamodule, config, report, best, training, measure_cpu_speed
             )
-            record_results(trainer.loggers, metrics)
+            for tracker in trackers_of(trainer.loggers):
+                tracker.record_results(metrics)
         return metrics
     except (KeyboardInterrupt, SystemExit) as exc:
         # Lightning turns Ctrl-C into sys.exit(1), raised while handling the KeyboardInterrupt, and
@@ -109,7 +111,8 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         # CheckpointOnInterrupt has saved what there was. Any other SystemExit goes on as it is.
         if not _is_interrupt(exc):
             raise
-        mark_interrupted(trainer.loggers)
+        for tracker in trackers_of(trainer.loggers):
+            tracker.interrupted()
         raise _interrupted(exc, on_interrupt.saved, output_dir, preemption) from None
 
 
