@@ -19,7 +19,7 @@ FLOORS_PYTHON ?= $(or $(shell for p in python$(OLDEST_PYTHON) $$HOME/.pyenv/vers
 CIFAR10_JPG ?= /tmp/cifar10-jpg
 CIFAR10_TAR ?= ../shared/data/cifar10-jpg.tar.gz
 
-.PHONY: install install-dev train test test-fast test-floors constraints lint format bench bench-tutorial bench-speedrun clean
+.PHONY: install install-dev train test test-fast test-trackers test-floors constraints lint format bench bench-tutorial bench-speedrun clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,8 +45,14 @@ train: $(BASE_STAMP)  ## the default run: digits + scratch_cnn on the CPU; extra
 # ~430 s, two 273 s, three 241 s. `pytest tests/x.py` alone runs in one process, for debugging.
 PYTEST_PROCESSES ?= 3
 
-test: $(DEV_STAMP)  ## the whole suite (slow real-data tests skip when their data is absent)
-	$(BIN)/python -m pytest -n $(PYTEST_PROCESSES) $(ARGS)
+test: $(DEV_STAMP)  ## the whole suite but the trackers' (slow real-data tests skip when their data is absent)
+	$(BIN)/python -m pytest -n $(PYTEST_PROCESSES) -m "not tracker" $(ARGS)
+
+# logger=mlflow against a real `mlflow server` it starts (train.py, a sweep, a resumed run, Optuna,
+# eval.py, as typed), and the MLflow UI's runs table in headless Chromium (those two skip without
+# chromium). One process: the tests share the server and their runs.
+test-trackers: $(DEV_STAMP)  ## the trackers' tests: a real MLflow server, its UI in headless Chromium
+	$(BIN)/python -m pytest -m tracker $(ARGS)
 
 # The inner loop while changing the code: the tests that start no Python process (`process`: a root
 # script as typed, a sweep, DDP) and read no real data (`slow`), less the in-process ones that cost
@@ -67,7 +73,7 @@ $(FLOORS_VENV)/.installed: pyproject.toml $(FLOORS) .ci/check_floors.py
 	touch $@
 
 test-floors: $(FLOORS_VENV)/.installed  ## the fast tests on the oldest versions pyproject.toml allows
-	$(FLOORS_VENV)/bin/python -m pytest -n $(PYTEST_PROCESSES) -m "not slow" $(ARGS)
+	$(FLOORS_VENV)/bin/python -m pytest -n $(PYTEST_PROCESSES) -m "not slow and not tracker" $(ARGS)
 
 constraints:  ## re-resolve constraints.txt: pyproject's ranges into a fresh venv, frozen
 	rm -rf .venv-constraints
