@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
+from classifier.run.loggers import run_name_of
 from classifier.run.trackers import (
     FINAL_PREFIX,
     TRACKING_FILE,
@@ -82,12 +83,33 @@ def test_an_unreachable_tracking_server_is_one_line_naming_the_key(compose_train
     )
 
 
-def test_several_loggers_at_once_and_the_logger_choice_stays_out_of_run_names(compose_train):
-    cfg = compose_train("logger=[tensorboard,mlflow,wandb]", "seed=3")
+def test_several_loggers_at_once_and_the_logger_settings_stay_out_of_run_names(tmp_path):
+    overrides = ["logger=[tensorboard,mlflow,wandb]", "seed=3", "logger.mlflow.tracking_uri=http://h:5000"]
+    cfg = compose_config("train", tmp_path / "run", overrides, quiet=False)
     assert set(cfg.logger) == {"tensorboard", "mlflow", "wandb"}
-    name = cfg.logger.mlflow.run_name
-    assert name == cfg.logger.tensorboard.run_name == cfg.logger.wandb.run_name
-    assert "seed=3" in name.split(",") and "logger" not in name
+    assert run_name_of(tmp_path / "run") == "seed=3"
+    compose_config("train", tmp_path / "plain", quiet=False)
+    assert run_name_of(tmp_path / "plain") == "plain"  # no overrides: the run directory's name
+
+
+def test_a_sweeps_runs_are_named_by_what_sets_each_job_apart(tmp_path):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    sweep = tmp_path / "multirun"
+    sweep.mkdir()
+    # `python train.py -m seed=1,2 model.width=8 measure_cpu_speed=false logger=mlflow` as Hydra saves it
+    typed = ["seed=1,2", "model.width=8", "measure_cpu_speed=false", "logger=mlflow"]
+    OmegaConf.save({"hydra": {"overrides": {"task": typed}}}, sweep / "multirun.yaml")
+    cfg = compose_config("train", sweep / "1", quiet=False)
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.sweep.dir = str(sweep)
+        # what the basic sweeper hands job 1: each value again, as Python writes it
+        cfg.hydra.overrides.task = ["seed=2", "model.width=8", "measure_cpu_speed=False", "logger=mlflow"]
+    HydraConfig.instance().set_config(cfg)
+    assert run_name_of(sweep / "1") == "seed=2"
 
 
 def _mlflow_run(store: Path):

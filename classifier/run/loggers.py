@@ -10,11 +10,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.types import RunMode
 from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from omegaconf import OmegaConf
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard.summary import custom_scalars, hparams
@@ -59,6 +64,43 @@ WHAT_MATTERS = {
         "learning rate": ["Multiline", [r"^train/lr"]],
     }
 }
+
+
+def run_name_of(run_dir: str | Path) -> str:
+    """What TensorBoard, MLflow and W&B call a run: the overrides that set it apart, sorted and joined
+    as Hydra's `job.override_dirname` joins them. In a multirun, only a job's own: those every job
+    of the sweep shares (its `multirun.yaml`) are left out, so a sweep's runs read `seed=1`, `seed=2`.
+    Which loggers a run uses, and their settings, are left out too. The run directory's name when
+    no override is left."""
+    if not HydraConfig.initialized():
+        return Path(run_dir).name
+    hydra = HydraConfig.get()
+    overrides = _parsed(list(hydra.overrides.task))
+    if hydra.mode == RunMode.MULTIRUN:
+        shared = _parsed(_sweep_overrides(Path(hydra.sweep.dir)))
+        shared_values = {(o.key_or_group, _comparable(o)) for o in shared}
+        overrides = [o for o in overrides if (o.key_or_group, _comparable(o)) not in shared_values]
+    kept = [o.input_line for o in overrides if o.key_or_group.split(".")[0] != "logger"]
+    return ",".join(sorted(kept)) or Path(run_dir).name
+
+
+def _parsed(overrides: list[str]) -> list[Override]:
+    return OverridesParser.create().parse_overrides(overrides)
+
+
+def _comparable(override: Override) -> str:
+    # The basic sweeper hands each job its value again as Python writes it (false as False): compare
+    # the values parsed, not the text.
+    return repr(override.value())
+
+
+def _sweep_overrides(sweep_dir: Path) -> list[str]:
+    """The command line's overrides of a sweep, as Hydra saved them in its multirun.yaml."""
+    try:
+        saved = OmegaConf.load(sweep_dir / "multirun.yaml")
+        return list(saved.hydra.overrides.task)
+    except (OSError, AttributeError, ValueError):
+        return []
 
 
 def run_folder_name(run_name: str) -> str:
@@ -109,9 +151,8 @@ class RunTensorBoardLogger(TensorBoardLogger):
     Args:
         save_dir: the run directory.
         name: the folder in it for TensorBoard (`tensorboard`).
-        run_name: what TensorBoard calls the run (its folder inside `name`): the run's overrides
-            (Hydra's `job.override_dirname`), or when there are none the run directory's name. A
-            resumed run keeps the folder it wrote to.
+        run_name: what TensorBoard calls the run (its folder inside `name`); None: its overrides
+            (run_name_of). A resumed run keeps the folder it wrote to.
         hparams_metrics: the scalars the HPARAMS tab shows beside each run's hyperparameters.
 
     Lightning adds an `epoch` scalar to every logged step, which TensorBoard sorts first as a chart of
@@ -134,7 +175,7 @@ class RunTensorBoardLogger(TensorBoardLogger):
         **kwargs: Any,
     ):
         if "version" not in kwargs:
-            kwargs["version"] = tensorboard_version(Path(save_dir) / name, run_name or Path(save_dir).name)
+            kwargs["version"] = tensorboard_version(Path(save_dir) / name, run_name or run_name_of(save_dir))
         super().__init__(save_dir, name=name, **kwargs)
         self.hparams_metrics = list(hparams_metrics)
 

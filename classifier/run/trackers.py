@@ -32,6 +32,7 @@ from lightning.pytorch.loggers import Logger, MLFlowLogger, WandbLogger
 
 from classifier.errors import UserError, first_line_of
 from classifier.extras import import_for
+from classifier.run.loggers import run_name_of
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ RUN_FILES = (
     ".hydra/overrides.yaml",
 )
 BEST_CHECKPOINT = "checkpoints/best.ckpt"
+EXPERIMENT_KIND = "mlflow.experimentKind"
 SERVER_TIMEOUT_S = 10
 
 
@@ -238,7 +240,7 @@ class RunMLFlowLogger(RunTracker, MLFlowLogger):
             $MLFLOW_TRACKING_URI when set, else `<store_dir>/mlflow.db` with artifacts in
             `<store_dir>/mlartifacts`.
         experiment_name: None: `train`, or for a multirun its sweep folder (`multirun/<date>/<time>`).
-        run_name: what the runs table calls the run; None or "": the run directory's name.
+        run_name: what the runs table calls the run; None: its overrides (loggers.run_name_of).
         log_checkpoint: also upload checkpoints/best.ckpt.
     """
 
@@ -265,7 +267,7 @@ class RunMLFlowLogger(RunTracker, MLFlowLogger):
         with store_lock(uri):  # MLflow 3.0 opens (and creates) the store as the client is made
             super().__init__(
                 experiment_name=experiment_name or sweep_name() or task,
-                run_name=run_name or self.run_dir.name,
+                run_name=run_name or run_name_of(self.run_dir),
                 tracking_uri=uri,
                 tags=run_context(self.run_dir, task),
                 run_id=resumed,
@@ -298,7 +300,9 @@ class RunMLFlowLogger(RunTracker, MLFlowLogger):
         found = self._mlflow_client.get_experiment_by_name(self._experiment_name)
         if found is not None and found.lifecycle_stage != "deleted":
             return found.experiment_id
-        return self._mlflow_client.create_experiment(self._experiment_name, self._artifact_location)
+        # MLflow 3's UI opens an experiment of no kind on its GenAI pages (traces, judges).
+        kind = {EXPERIMENT_KIND: "custom_model_development"}
+        return self._mlflow_client.create_experiment(self._experiment_name, self._artifact_location, kind)
 
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
@@ -348,10 +352,10 @@ class RunMLFlowLogger(RunTracker, MLFlowLogger):
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
+        # Lightning finalizes after fit and after each evaluation; the run ends once, in record_results
+        # (with a server, MLflow prints the run's address each time it ends one).
         if status == "failed" and self._initialized:
             self.experiment.set_terminated(self.run_id, "FAILED")
-            return
-        super().finalize(status)
 
 
 def _now_ms() -> int:
@@ -432,7 +436,7 @@ class RunWandbLogger(RunTracker, WandbLogger):
 
     Args:
         run_dir: the run directory.
-        run_name: the run's name; None or "": the run directory's name.
+        run_name: the run's name; None: its overrides (loggers.run_name_of).
         offline: None: offline when no API key is set ($WANDB_MODE, when set, decides instead).
         log_checkpoint: also save checkpoints/best.ckpt with the run's files.
     """
@@ -456,7 +460,7 @@ class RunWandbLogger(RunTracker, WandbLogger):
         context = run_context(self.run_dir, task)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         super().__init__(
-            name=run_name or self.run_dir.name,
+            name=run_name or run_name_of(self.run_dir),
             save_dir=str(self.run_dir),
             project=project,
             group=group or sweep_name(),
