@@ -424,6 +424,7 @@ def test_an_optuna_study_is_one_experiment_with_a_run_per_trial(optuna_sweep, cl
         drawn = OmegaConf.load(optuna_sweep / job / ".hydra" / "overrides.yaml")
         lr = next(item.split("=", 1)[1] for item in drawn if item.startswith("optimizer.lr="))
         assert run.data.params["optimizer.lr"] == lr and f"optimizer.lr={lr}" in run.info.run_name
+        assert "model.width" not in run.info.run_name  # shared by every trial
 
 
 # --- the MLflow UI in headless Chromium -----------------------------------------------------------------

@@ -144,6 +144,11 @@ class OptunaSweeper(Sweeper):
         configured = [f"{key}={value}" for key, value in (self.params or {}).items()]
         distributions, fixed = search_space([*configured, *arguments])
         study = self._open_study(optuna)
+        # The sweep's config in its folder, as Hydra's basic sweeper saves it: a record of the
+        # command, and what a job's run name leaves out as shared by every trial.
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         finished = sum(t.state.is_finished() for t in study.trials)
         if finished:
             log.info(
