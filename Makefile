@@ -19,7 +19,7 @@ FLOORS_PYTHON ?= $(or $(shell for p in python$(OLDEST_PYTHON) $$HOME/.pyenv/vers
 CIFAR10_JPG ?= /tmp/cifar10-jpg
 CIFAR10_TAR ?= ../shared/data/cifar10-jpg.tar.gz
 
-.PHONY: install install-dev train test test-fast test-trackers test-floors constraints lint format bench bench-tutorial bench-speedrun clean
+.PHONY: install install-dev train test test-fast test-slow test-trackers test-all test-floors constraints lint format bench bench-tutorial bench-speedrun clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,14 +45,25 @@ train: $(BASE_STAMP)  ## the default run: digits + scratch_cnn on the CPU; extra
 # ~430 s, two 273 s, three 241 s. `pytest tests/x.py` alone runs in one process, for debugging.
 PYTEST_PROCESSES ?= 3
 
-test: $(DEV_STAMP)  ## the whole suite but the trackers' (slow real-data tests skip when their data is absent)
-	$(BIN)/python -m pytest -n $(PYTEST_PROCESSES) -m "not tracker" $(ARGS)
+# The suite in pytest's own processes: every test but those that start Python interpreters (`process`:
+# the commands as typed, sweeps, launchers, DDP), read real data or run long (`slow`), or need a
+# tracking server (`tracker`). Those are `make test-slow` and `make test-trackers`; CI runs all three.
+test: $(DEV_STAMP)  ## the tests in pytest's processes (not slow, process or tracker), within 5 minutes on 2 cores
+	$(BIN)/python -m pytest -n $(PYTEST_PROCESSES) -m "not slow and not process and not tracker" $(ARGS)
+
+# The commands as typed in their own interpreters (README's, sweeps, launchers, Optuna, DDP, SIGTERM
+# and kill -9, the installed wheel) and the long or real-data runs (those skip without their data).
+test-slow: $(DEV_STAMP)  ## the commands as typed in their own interpreters, real data, long runs
+	$(BIN)/python -m pytest -n $(PYTEST_PROCESSES) -m "(slow or process) and not tracker" $(ARGS)
 
 # logger=mlflow against a real `mlflow server` it starts (train.py, a sweep, a resumed run, Optuna,
 # eval.py, as typed), and the MLflow UI's runs table in headless Chromium (those two skip without
 # chromium). One process: the tests share the server and their runs.
 test-trackers: $(DEV_STAMP)  ## the trackers' tests: a real MLflow server, its UI in headless Chromium
 	$(BIN)/python -m pytest -m tracker $(ARGS)
+
+test-all: $(DEV_STAMP)  ## every test: make test, test-slow and test-trackers in one pytest run
+	$(BIN)/python -m pytest -n $(PYTEST_PROCESSES) $(ARGS)
 
 # The inner loop while changing the code: the tests that start no Python process (`process`: a root
 # script as typed, a sweep, DDP) and read no real data (`slow`), less the in-process ones that cost

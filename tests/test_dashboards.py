@@ -49,7 +49,7 @@ def tensorboard_values(run_dir, tag: str) -> list[float]:
     return values
 
 
-@pytest.mark.long  # 3 epochs with every figure
+@pytest.mark.slow  # make test-slow: 3 epochs with every figure
 def test_a_run_logs_its_images_every_epoch_and_draws_its_curves(compose_train, tmp_path):
     run_dir = tmp_path / "run"
     train(

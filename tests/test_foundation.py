@@ -132,7 +132,7 @@ def run_probe(tmp_path: Path, name: str, *overrides: str, base: Sequence[str] = 
     return metrics, json.loads((tmp_path / name / "probe.json").read_text())
 
 
-@pytest.mark.long  # eight probe runs
+@pytest.mark.slow  # make test-slow: eight probe runs
 def test_features_are_computed_once_reused_and_rebuilt_when_the_transform_weights_or_files_change(
     tmp_path, backbone_calls
 ):
@@ -184,7 +184,7 @@ def test_features_are_computed_once_reused_and_rebuilt_when_the_transform_weight
     assert backbone_calls[13:] == [6]
 
 
-@pytest.mark.long  # two probes and an eval on digits
+@pytest.mark.slow  # make test-slow: two probes and an eval on digits
 def test_probe_metrics_are_those_of_the_features_and_the_reports_are_written(tmp_path):
     """metrics.json's k-NN and linear-probe figures, recomputed from features the test computes itself
     through the data module's eval transform."""
@@ -370,7 +370,7 @@ def test_zero_shot_mistakes_end_in_one_line(tmp_path):
 
 
 # -- fewshot.py ---------------------------------------------------------------------------------------------
-@pytest.mark.long  # six probe and train runs
+@pytest.mark.slow  # make test-slow: six probe and train runs
 def test_fewshot_writes_the_table_of_its_runs(tmp_path, caplog):
     """fewshot.py's cells, each a probe.py or train.py run composed inside it as the command line
     composes them (in this process: Hydra's compose API within an initialised config search path)."""
