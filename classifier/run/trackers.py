@@ -278,21 +278,20 @@ class RunMLFlowLogger(RunTracker, MLFlowLogger):
 
     @property
     def experiment(self):  # noqa: ANN201  (MlflowClient, imported lazily by Lightning)
-        if self._initialized:
-            return self._mlflow_client
+        if self._initialized or rank_zero_only.rank != 0:  # DDP's other ranks get Lightning's stand-in
+            return super().experiment
         with store_lock(self._tracking_uri):
             if self._run_id is None and self._experiment_id is None:
                 self._experiment_id = self._find_or_create_experiment()
             client = super().experiment
-        if rank_zero_only.rank == 0:
-            reference = {"tracking_uri": self._tracking_uri, "run_id": self._run_id}
-            remember_tracking(self.run_dir, "mlflow", {**reference, "experiment_id": self._experiment_id})
-            if self._resumed:
-                client.update_run(self._run_id, status="RUNNING")
-                log.info("MLflow: continuing run %s of %s", self._run_id, self._tracking_uri)
-            else:
-                where = f"experiment '{self._experiment_name}' of {self._tracking_uri}"
-                log.info("MLflow: run %s in %s", self._run_id, where)
+        reference = {"tracking_uri": self._tracking_uri, "run_id": self._run_id}
+        remember_tracking(self.run_dir, "mlflow", {**reference, "experiment_id": self._experiment_id})
+        if self._resumed:
+            client.update_run(self._run_id, status="RUNNING")
+            log.info("MLflow: continuing run %s of %s", self._run_id, self._tracking_uri)
+        else:
+            where = f"experiment '{self._experiment_name}' of {self._tracking_uri}"
+            log.info("MLflow: run %s in %s", self._run_id, where)
         return client
 
     def _find_or_create_experiment(self) -> str:
