@@ -427,6 +427,42 @@ def test_an_optuna_study_is_one_experiment_with_a_run_per_trial(optuna_sweep, cl
         assert "model.width" not in run.info.run_name  # shared by every trial
 
 
+# --- the local store, opened as docs/tracking.md says -------------------------------------------------
+
+
+def test_a_run_without_a_tracking_uri_opens_in_mlflow_ui_as_the_docs_type_it(tmp_path):
+    """`python train.py logger=mlflow` with no URI writes outputs/mlflow.db; then, from the same folder,
+    `mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db` (on a free port rather than 5000)."""
+    run_script("train.py", tmp_path, "logger=mlflow", *TWO_EPOCHS, "hydra.run.dir=outputs/run")
+    run_dir = tmp_path / "outputs" / "run"
+    assert (tmp_path / "outputs" / "mlflow.db").is_file() and (tmp_path / "outputs" / "mlartifacts").is_dir()
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", "sqlite:///outputs/mlflow.db"]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = tmp_path / "ui.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            cwd=tmp_path,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(uri, process, log)
+        client = MlflowClient(uri)
+        run = run_of(client, run_dir)
+        assert client.get_experiment(run.info.experiment_id).name == "train"
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert run.data.metrics["final/val/top1"] == pytest.approx(metrics["val/top1"])
+        assert artifact_names(client, run.info.run_id) >= REPORTS
+    finally:
+        stop(process)
+
+
 # --- the MLflow UI in headless Chromium -----------------------------------------------------------------
 
 CHROMIUM = next((path for name in ("chromium", "chromium-browser") if (path := shutil.which(name))), None)
