@@ -68,8 +68,8 @@ test-all: $(DEV_STAMP)  ## every test: make test, test-slow and test-trackers in
 # The inner loop while changing the code: the tests that start no Python process (`process`: a root
 # script as typed, a sweep, DDP) and read no real data (`slow`), less the in-process ones that cost
 # seconds of CPU each (`long`: whole runs, probes, tuning; a cheaper test of each area stays, and
-# small_digits_run still trains, evaluates, predicts and exports). 351 of 427 tests; measured on
-# 2 idle cores: 64 s wall, 114 s of CPU (docs/performance.md#the-test-suite).
+# small_digits_run still trains, evaluates, predicts and exports). 359 of 446 tests; 351 of 427 took
+# 64 s wall, 114 s of CPU on 2 idle AVX512 cores (docs/performance.md#the-test-suite).
 test-fast: $(DEV_STAMP)  ## the fast tests, about a minute: not slow, not process, not long
 	$(BIN)/python -m pytest -n $(PYTEST_PROCESSES) -m "not slow and not process and not long" $(ARGS)
 
