@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -103,26 +104,20 @@ def server_folder(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("mlflow_server")
 
 
-@pytest.fixture(scope="module")
-def server(server_folder) -> Iterator[str]:
-    """`mlflow server` on a free port of 127.0.0.1: a SQLite store, proxied artifacts in a local
-    folder, one worker. Yields its URI."""
+@contextmanager
+def mlflow_serving(*arguments: str, cwd: Path) -> Iterator[str]:
+    """`mlflow ARGUMENTS --port <free port>` (`server ...` or `ui ...`) run from `cwd` until the block
+    ends, its output in cwd/mlflow.log; yields its URI once it answers."""
     port = free_port()
-    command = [
-        *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)),
-        *("--workers", "1"),
-        *("--backend-store-uri", f"sqlite:///{server_folder / 'mlflow.db'}"),
-        *("--artifacts-destination", str(server_folder / "artifacts")),
-    ]
     # MLflow 3 otherwise starts a job runner and seven huey consumers beside the server: about 45 s
     # more of start-up on 2 cores, for GenAI jobs these tests do not run.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    log = server_folder / "server.log"
+    log = cwd / "mlflow.log"
     with open(log, "w") as output:
         process = subprocess.Popen(
-            command,
-            cwd=server_folder,
+            [sys.executable, "-m", "mlflow", *arguments, "--port", str(port)],
+            cwd=cwd,
             stdout=output,
             stderr=subprocess.STDOUT,
             env=env,
@@ -134,6 +129,19 @@ def server(server_folder) -> Iterator[str]:
         yield uri
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="module")
+def server(server_folder) -> Iterator[str]:
+    """`mlflow server` on a free port of 127.0.0.1: a SQLite store, proxied artifacts in a local
+    folder, one worker. Yields its URI."""
+    with mlflow_serving(
+        *("server", "--host", "127.0.0.1", "--workers", "1"),
+        *("--backend-store-uri", f"sqlite:///{server_folder / 'mlflow.db'}"),
+        *("--artifacts-destination", str(server_folder / "artifacts")),
+        cwd=server_folder,
+    ) as uri:
+        yield uri
 
 
 @pytest.fixture(scope="module")
@@ -312,7 +320,7 @@ def server_requests(server_folder: Path) -> list[str]:
     """The requests the server has logged (uvicorn's access log)."""
     return [
         line
-        for line in (server_folder / "server.log").read_text().splitlines()
+        for line in (server_folder / "mlflow.log").read_text().splitlines()
         if '"GET ' in line or '"POST ' in line
     ]
 
@@ -436,31 +444,13 @@ def test_a_run_without_a_tracking_uri_opens_in_mlflow_ui_as_the_docs_type_it(tmp
     run_script("train.py", tmp_path, "logger=mlflow", *TWO_EPOCHS, "hydra.run.dir=outputs/run")
     run_dir = tmp_path / "outputs" / "run"
     assert (tmp_path / "outputs" / "mlflow.db").is_file() and (tmp_path / "outputs" / "mlartifacts").is_dir()
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", "sqlite:///outputs/mlflow.db"]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    log = tmp_path / "ui.log"
-    with open(log, "w") as output:
-        process = subprocess.Popen(
-            [*command, "--port", str(port)],
-            cwd=tmp_path,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(uri, process, log)
+    with mlflow_serving("ui", "--backend-store-uri", "sqlite:///outputs/mlflow.db", cwd=tmp_path) as uri:
         client = MlflowClient(uri)
         run = run_of(client, run_dir)
         assert client.get_experiment(run.info.experiment_id).name == "train"
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert run.data.metrics["final/val/top1"] == pytest.approx(metrics["val/top1"])
         assert artifact_names(client, run.info.run_id) >= REPORTS
-    finally:
-        stop(process)
 
 
 # --- the MLflow UI in headless Chromium -----------------------------------------------------------------
