@@ -32,6 +32,7 @@ from lightning.pytorch.loggers import Logger, MLFlowLogger, WandbLogger
 
 from classifier.errors import UserError, first_line_of
 from classifier.extras import import_for
+from classifier.run.changed_config import flat_settings
 from classifier.run.loggers import run_name_of
 
 log = logging.getLogger(__name__)
@@ -99,21 +100,9 @@ def readable_value(value: Any) -> str:
     return str(value)
 
 
-def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """The config's leaves keyed as overrides are (`optimizer.lr`), values as they are."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flat_config(value, f"{name}."))
-        else:
-            flat[name] = dict(value) if isinstance(value, Mapping) else value
-    return flat
-
-
 def flat_params(config: Mapping[str, Any]) -> dict[str, str]:
     """The config flattened to override keys (`optimizer.lr`) with readable values (MLflow's are text)."""
-    return {key: readable_value(value) for key, value in flat_config(config).items()}
+    return {key: readable_value(value) for key, value in flat_settings(dict(config)).items()}
 
 
 def shortened(value: str, limit: int) -> str:
@@ -496,7 +485,7 @@ class RunWandbLogger(RunTracker, WandbLogger):
     def log_hyperparams(self, params: Any) -> None:
         params = params if isinstance(params, Mapping) else vars(params)
         # W&B keeps values' types: its runs table filters and sorts numbers as numbers.
-        self.experiment.config.update(flat_config(params), allow_val_change=True)
+        self.experiment.config.update(flat_settings(dict(params)), allow_val_change=True)
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
