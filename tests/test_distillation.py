@@ -17,7 +17,6 @@ import torch.nn.functional as F
 import yaml
 from conftest import CONF_DIR, REPO, compose_config
 from hydra.core.global_hydra import GlobalHydra
-from timm.task.distillation import DistillationTeacher
 from torch import nn
 
 from classifier.cli import prepare_argv
@@ -27,6 +26,7 @@ from classifier.engine.distillation import (
     HardDistillation,
     SoftDistillation,
     Teacher,
+    TeacherNet,
 )
 from classifier.engine.module import ClassifierModule
 from classifier.errors import UserError
@@ -74,7 +74,8 @@ class TinyTeacher(nn.Module):
 def with_tiny_teacher(distillation, img_size: int = 32):
     """`distillation` attached to a TinyTeacher (ImageNet-normalised, `img_size` px) for a 32 px student."""
     tiny = TinyTeacher()
-    distillation.teacher = Teacher(DistillationTeacher(tiny), img_size, "tiny")
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    distillation.teacher = Teacher(TeacherNet(tiny, *imagenet), img_size, "tiny")
     distillation.input_spec = STUDENT_SPEC
     return distillation, tiny
 

@@ -1,12 +1,12 @@
 """Knowledge distillation into the model being trained (the `distill` config group): the frozen
 teacher, a checkpoint of this project or a timm model, and the loss of each kind.
 
-timm's `timm.task.distillation` holds the pieces reused here: `DistillationTeacher` wraps the
-teacher (its normalisation and its pooled pre-logits features). Its Task classes own the training
-loop, which here is Lightning's, so the loss terms are computed by the classes below and combined
-in `ClassifierModule.training_step`. The teacher is held outside the module's registered children:
-its weights stay out of the student's checkpoint and DDP's gradient sync (each process builds its
-own copy), and copies of the module (EMA's average) share it instead of copying it.
+The loss terms follow timm's `timm.task.distillation` (LogitDistillationTask, FeatureDistillationTask),
+whose Task classes own the training loop; here the loop is Lightning's, so the terms are computed by
+the classes below and combined in `ClassifierModule.training_step`. The teacher is held outside the
+module's registered children: its weights stay out of the student's checkpoint and DDP's gradient
+sync (each process builds its own copy), and copies of the module (EMA's average) share it instead
+of copying it.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 import timm
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import get_pretrained_cfg
-from timm.task.distillation import DistillationTeacher
 from torch import nn
 
 from classifier.data.transforms import InputSpec
@@ -51,18 +51,47 @@ def feature_dim(net: nn.Module) -> int | None:
     return getattr(net, "head_hidden_size", None) or getattr(net, "num_features", None)
 
 
+class TeacherNet(nn.Module):
+    """A teacher network with its normalisation: logits, or pooled pre-logits features through timm's
+    forward_features / forward_head. What timm's `DistillationTeacher` does; written here because
+    DistillationTeacher wraps an already built network only from timm 1.0.26 on (before, it builds
+    the model from a name and loads its file with timm's loader), and this project supports timm
+    1.0.17 and loads a teacher as it loads any checkpoint (safely, by allow-list).
+
+    Args:
+        model: the teacher network (its classifier head predicts the student's classes).
+        mean, std: the normalisation the teacher was trained with (per RGB channel).
+    """
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean_kd", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std_kd", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def normalize_input(
+        self, images: torch.Tensor, student_mean: torch.Tensor, student_std: torch.Tensor
+    ) -> torch.Tensor:
+        """Images normalised for the student, normalised as the teacher's were instead."""
+        return (images * student_std + student_mean - self.mean_kd) / self.std_kd
+
+    def forward(self, images: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        if not return_features:
+            return self.model(images)
+        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+
+
 class Teacher:
     """The frozen teacher network and the input it expects. Not an nn.Module: assigned to a module's
     attribute it is not registered, so its weights are never in a state_dict or an optimizer.
 
     Args:
-        net: the teacher, wrapped by timm's DistillationTeacher (its mean_kd / std_kd are the
-            teacher's normalisation).
+        net: the teacher with its normalisation.
         img_size: the side of the teacher's input; a student batch of another side is resized to it.
         description: how the reports name it.
     """
 
-    def __init__(self, net: DistillationTeacher, img_size: int, description: str):
+    def __init__(self, net: TeacherNet, img_size: int, description: str):
         net.eval()
         net.requires_grad_(False)
         self.net = net
@@ -125,9 +154,7 @@ def load_checkpoint_teacher(path: str, class_names: Sequence[str]) -> tuple[Teac
             f" ({', '.join(list(class_names)[:5])}{', ...' if len(class_names) > 5 else ''})"
         )
     spec = saved.input_spec
-    net = DistillationTeacher(saved.module.net)
-    net.mean_kd.copy_(torch.tensor(spec.mean).view(1, -1, 1, 1))
-    net.std_kd.copy_(torch.tensor(spec.std).view(1, -1, 1, 1))
+    net = TeacherNet(saved.module.net, spec.mean, spec.std)
     teacher = Teacher(net, spec.img_size, f"checkpoint {file}")
     return teacher, {str(file): sha256_of(file)}
 
@@ -164,9 +191,14 @@ def load_timm_teacher(name: str, weights: str | None, num_classes: int) -> tuple
         except UserError as exc:
             raise UserError(str(exc).replace("model.pretrained=true", f"distill.teacher={name}", 1)) from exc
         description = f"timm {name} (hub weights)"
-    spec = pretrained_input(name) or {}
-    net = DistillationTeacher(model)
-    return Teacher(net, spec.get("img_size", 224), description), files
+    # timm's resolve_data_config over the pretrained config (ImageNet's 224 px when it has none)
+    spec = pretrained_input(name) or {
+        "img_size": 224,
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+    }
+    net = TeacherNet(model, spec["mean"], spec["std"])
+    return Teacher(net, spec["img_size"], description), files
 
 
 class Distillation(nn.Module):
