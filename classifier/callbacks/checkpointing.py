@@ -18,6 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from classifier.callbacks.progress import epoch_of
 from classifier.run.checkpoints import (
+    DISTILLATION_KEY,
     RNG_KEY,
     RUN_KEY,
     TRACKERS_KEY,
@@ -38,8 +39,16 @@ class RunMetadata(L.Callback):
     restored as the checkpoint is loaded, before any loader draws its shuffle or worker seeds, and
     the sanity check's draws are undone, so the resumed epoch draws what it would have drawn."""
 
-    def __init__(self, config: dict[str, Any], class_names: list[str], input_spec: dict[str, Any]):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        class_names: list[str],
+        input_spec: dict[str, Any],
+        teacher: dict[str, Any] | None = None,
+    ):
         self.metadata = run_metadata(config, class_names, input_spec)
+        if teacher is not None:  # a distilled run: its teacher's spec and sha256 (Distillation.identity)
+            self.metadata[DISTILLATION_KEY] = teacher
         self._resumed = False
         self._before_sanity_check: dict[str, Any] | None = None
         # Training time over every run of this run directory (resumes add to it), for the model card.

@@ -16,6 +16,7 @@ from classifier.callbacks.progress import CompactProgressBar
 from classifier.data import ClassificationDataModule
 from classifier.data.transforms import is_small
 from classifier.engine.devices import warn_if_cpu_processes_exceed_cores
+from classifier.engine.distillation import Distillation
 from classifier.engine.module import ClassifierModule
 from classifier.engine.precision import check_accelerator, precision_arguments
 from classifier.errors import UserError, call_configured
@@ -95,7 +96,20 @@ def build_module(cfg: DictConfig, datamodule: ClassificationDataModule) -> Class
         scheduler=scheduler,
         pretrained_backbone=uses_pretrained_weights(cfg.model),
         class_weights=datamodule.loss_class_weights,
+        distillation=build_distillation(cfg, net, datamodule),
     )
+
+
+def build_distillation(
+    cfg: DictConfig, net: nn.Module, datamodule: ClassificationDataModule
+) -> Distillation | None:
+    """The distill group's loss (engine.distillation) with its teacher loaded for this student,
+    or None without distillation (distill: null)."""
+    if not cfg.get("distill"):
+        return None
+    distillation = call_configured(instantiate(cfg.distill, _partial_=True), "distill")
+    distillation.attach(net, datamodule.class_names, datamodule.input_spec)
+    return distillation
 
 
 def build_trainer(

@@ -36,6 +36,9 @@ ALLOWED_DATA_MODULES: dict[str, type[ClassificationDataModule]] = {
 }
 
 
+# state_dict keys of the distillation's trained parts (ClassifierModule.distillation).
+DISTILLATION_PREFIX = "distillation."
+
 ALLOWED_MODEL_FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "classifier.models.create_model": create_model
 }
@@ -170,8 +173,15 @@ def load_model(ckpt_path: str) -> SavedModel:
     module = construct_allowed(
         _saved_section(config, "module"), ALLOWED_MODULES, "module", net=net, class_names=class_names
     )
+    # A distilled run's checkpoint also holds what trained beside the network (feature
+    # distillation's projection): the model is the student alone.
+    state_dict = {
+        key: value
+        for key, value in checkpoint["state_dict"].items()
+        if not key.startswith(DISTILLATION_PREFIX)
+    }
     try:
-        module.load_state_dict(checkpoint["state_dict"])
+        module.load_state_dict(state_dict)
     except RuntimeError as exc:
         raise UserError(f"{what}: its weights do not fit its own model config ({exc})") from exc
     module.temperature = saved_temperature(saved, what)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import lightning as L
 import numpy as np
@@ -19,6 +20,9 @@ from classifier.errors import UserError, call_configured
 from classifier.evaluation.metrics import create_eval_metrics, create_top1, metric_key_part
 from classifier.evaluation.tta import TestTimeAugmentation
 from classifier.models.structure import hold_frozen_norms
+
+if TYPE_CHECKING:
+    from classifier.engine.distillation import Distillation
 
 EVAL_STAGES = ("val", "test")
 
@@ -52,6 +56,8 @@ class ClassifierModule(L.LightningModule):
         channels_last: NHWC memory layout for the network and its inputs (faster convolutions on
             CPUs and tensor-core GPUs); 'auto': for convolutional networks.
         compile: `torch.compile` the network in place (same state_dict keys) when fitting starts.
+        distillation: the distill group's loss with its teacher attached (engine.distillation), or
+            None; with it val/test also report the teacher's top-1 and the student's agreement.
     """
 
     def __init__(
@@ -66,9 +72,10 @@ class ClassifierModule(L.LightningModule):
         class_weights: Sequence[float] | None = None,
         channels_last: bool | str = "auto",
         compile: bool = False,
+        distillation: Distillation | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "distillation"], logger=False)
         self.net = net
         self.class_names = list(class_names)
         self.optimizer_factory = optimizer
@@ -103,6 +110,13 @@ class ClassifierModule(L.LightningModule):
         )
         self.val_top1_best = MaxMetric()
         self.val_top1_best.persistent(True)  # survives resume, like the checkpoint's best score
+        # A child module: its trained parameters (feature distillation's projection) are saved and
+        # optimised with the network's; the teacher inside it is not registered (distillation.py).
+        self.distillation = distillation
+        if distillation is not None:
+            self.distill_loss = MeanMetric()
+            self.teacher_top1 = nn.ModuleDict({stage: create_top1(num_classes) for stage in EVAL_STAGES})
+            self.agreement = nn.ModuleDict({stage: MeanMetric() for stage in EVAL_STAGES})
 
     @contextmanager
     def scoring(self, tta: TestTimeAugmentation | None = None, keep_outputs: bool = False) -> Iterator[None]:
@@ -119,6 +133,14 @@ class ClassifierModule(L.LightningModule):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, pooled pre-logits features) in one pass, through timm's forward_features and
+        forward_head: what feature distillation matches against the teacher's."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        feature_map = self.net.forward_features(x)
+        return self.net.forward_head(feature_map), self.net.forward_head(feature_map, pre_logits=True)
 
     def train(self, mode: bool = True) -> ClassifierModule:
         # Lightning puts the module back in training mode every epoch; frozen batch norms stay in eval.
@@ -162,12 +184,21 @@ class ClassifierModule(L.LightningModule):
 
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, targets, *soft = batch
-        logits = self(images)
+        features = None
+        if self.distillation is not None and self.distillation.needs_features:
+            logits, features = self.forward_with_features(images)
+        else:
+            logits = self(images)
         if soft:
             # Mixed images count as right when the top prediction is the class with the larger share.
             loss, targets = self.training_loss(logits, soft[0]), soft[0].argmax(dim=-1)
         else:
             loss = self.training_loss(logits, targets)
+        if self.distillation is not None:
+            # The teacher sees the batch as the student does: mixed, when Mixup / CutMix mixed it.
+            loss, distill_loss = self.distillation.combine(loss, logits, features, images)
+            self.distill_loss.update(distill_loss.detach(), weight=targets.numel())
+            self.log("train/distill_loss", self.distill_loss, on_step=False, on_epoch=True)
         self.train_loss.update(loss.detach(), weight=targets.numel())
         self.train_top1.update(logits.detach(), targets)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
@@ -190,6 +221,8 @@ class ClassifierModule(L.LightningModule):
         loss = F.cross_entropy(logits, targets)
         self.eval_loss[stage].update(loss, weight=targets.numel())
         self._score(stage, probabilities, targets)
+        if self.distillation is not None and self.tta is None:
+            self._score_teacher(stage, images, logits, targets)
         if self.keep_outputs:
             self.eval_outputs[stage]["logits"].update(logits.detach().float())
             self.eval_outputs[stage]["targets"].update(targets)
@@ -200,6 +233,15 @@ class ClassifierModule(L.LightningModule):
         nll = -picked.clamp_min(torch.finfo(picked.dtype).tiny).log().mean()
         self.eval_nll[stage].update(nll, weight=targets.numel())
         self.eval_metrics[stage].update(probabilities, targets)
+
+    def _score_teacher(
+        self, stage: str, images: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor
+    ) -> None:
+        """The teacher's own top-1 on the batch, and how often the student's top class is the teacher's."""
+        teacher_logits = self.distillation.teacher_logits(images)
+        self.teacher_top1[stage].update(teacher_logits, targets)
+        agree = (teacher_logits.argmax(dim=-1) == logits.argmax(dim=-1)).float().mean()
+        self.agreement[stage].update(agree, weight=targets.numel())
 
     def kept_outputs(self, stage: str, gather: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """The plain logits and labels of the last `stage` epoch run with keep_outputs: from every
@@ -223,11 +265,15 @@ class ClassifierModule(L.LightningModule):
         """Every metric of the last completed `stage` epoch ('val' or 'test'), over all devices:
         top1, top5 (5+ classes), ece, class_acc, confusion, loss and nll. The reports read them here;
         the states are kept until the next epoch of that stage starts."""
-        return {
+        values = {
             **self.eval_metrics[stage].compute(),
             "loss": self.eval_loss[stage].compute(),
             "nll": self.eval_nll[stage].compute(),
         }
+        if self.distillation is not None and self.tta is None:  # the teacher runs on plain images only
+            values["teacher_top1"] = self.teacher_top1[stage].compute()
+            values["agreement"] = self.agreement[stage].compute()
+        return values
 
     def calibration_data(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
         """Top-1 probability and whether it was right, per image of the last `stage` epoch: what
@@ -243,6 +289,9 @@ class ClassifierModule(L.LightningModule):
         self.eval_nll[stage].reset()
         for kept in self.eval_outputs[stage].values():
             kept.reset()
+        if self.distillation is not None:
+            self.teacher_top1[stage].reset()
+            self.agreement[stage].reset()
 
     def _log_eval_epoch(self, stage: str) -> torch.Tensor:
         values = self.epoch_results(stage)
@@ -255,6 +304,9 @@ class ClassifierModule(L.LightningModule):
         }
         if not suffix:  # the plain network's loss is the same with or without TTA
             summary[f"{stage}/loss"] = values["loss"]
+            for name in ("teacher_top1", "agreement"):
+                if name in values:
+                    summary[f"{stage}/{name}"] = values[name]
         if "top5" in values:
             summary[f"{stage}/top5{suffix}"] = values["top5"]
         self.log_dict(summary, prog_bar=True)
@@ -292,6 +344,9 @@ class ClassifierModule(L.LightningModule):
             raise UserError("no optimizer configured: set optimizer=adamw or optimizer=sgd")
         scale = self.hparams.pretrained_backbone_lr_scale if self.hparams.pretrained_backbone else 1.0
         optimizer = call_configured(self.optimizer_factory, "optimizer", self.net, backbone_lr_scale=scale)
+        distill_parameters = list(self.distillation.parameters()) if self.distillation is not None else []
+        if distill_parameters:  # feature distillation's projection learns with the network, at its lr
+            optimizer.add_param_group({"params": distill_parameters})
         if self.scheduler_factory is None:
             return optimizer
         total_steps = self.trainer.estimated_stepping_batches

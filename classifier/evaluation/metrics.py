@@ -12,7 +12,8 @@ from torchmetrics.classification import (
 )
 
 # The metrics every run reports in metrics.json, as <split>/<name>.
-SUMMARY_METRICS = ("top1", "top5", "ece", "nll", "loss")
+# teacher_top1 and agreement: with a teacher (distill=...), its top-1 and the student's agreement with it.
+SUMMARY_METRICS = ("top1", "top5", "ece", "nll", "loss", "teacher_top1", "agreement")
 ECE_BINS = 15
 
 

@@ -99,6 +99,8 @@ def model_card(
     }
     if report.calibration:
         card["calibration"] = report.calibration
+    if report.distillation:
+        card["distillation"] = report.distillation
     if report.tta:
         card["tta"] = {key: value for key, value in report.tta.items() if key != "metrics"}
     if inference:

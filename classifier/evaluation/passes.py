@@ -63,6 +63,7 @@ def evaluate_and_report(
         bins=reliability_bins(confidences, correct, ECE_BINS),
         calibration=calibration,
         tta=tta_summary,
+        distillation=_distillation_summary(module, metrics, splits),
     )
     if trainer.is_global_zero:
         figure = write_reports(output_dir, report)
@@ -90,6 +91,28 @@ def _summary(module: ClassifierModule, split: str) -> dict[str, float]:
     """The SUMMARY_METRICS of the last `split` epoch as `<split>/<name>` floats (collective)."""
     values = module.epoch_results(split)
     return {f"{split}/{name}": float(values[name]) for name in SUMMARY_METRICS if name in values}
+
+
+def _distillation_summary(
+    module: ClassifierModule, metrics: dict[str, float], splits: list[str]
+) -> dict[str, Any] | None:
+    """What the reports and the model card say of a distilled run: the teacher (spec, file hashes,
+    description), the loss settings, and per split the teacher's top-1 and the agreement."""
+    if module.distillation is None:
+        return None
+    distillation = module.distillation
+    summary = {
+        **distillation.identity(),
+        "description": distillation.teacher.description if distillation.teacher else None,
+        **distillation.settings(),
+    }
+    for split in splits:
+        summary[split] = {
+            name: metrics[f"{split}/{name}"]
+            for name in ("teacher_top1", "agreement")
+            if f"{split}/{name}" in metrics
+        }
+    return summary
 
 
 def _calibrate(module: ClassifierModule, splits: list[str]) -> dict[str, Any]:

@@ -231,6 +231,8 @@ class EvaluationReport:
     calibration: temperature scaling's result (temperature, fitted_on, images, and per split
         ece/nll before and after), when it ran.
     tta: test-time augmentation's views and per-split top-1 with and without it, when it ran.
+    distillation: a distilled run's teacher (kind, teacher, teacher_weights, sha256, description),
+        loss settings and per split the teacher's top-1 and the student's agreement with it.
     """
 
     split: str
@@ -241,6 +243,7 @@ class EvaluationReport:
     bins: dict[str, np.ndarray] | None = None
     calibration: dict[str, Any] | None = None
     tta: dict[str, Any] | None = field(default=None)
+    distillation: dict[str, Any] | None = None
 
     @property
     def images(self) -> int:
@@ -267,6 +270,8 @@ def report_text(report: EvaluationReport) -> str:
                     f"  {split}: ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f},"
                     f" NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}"
                 )
+    if report.distillation:
+        lines += distillation_lines(report.distillation)
     if report.tta:
         lines.append(f"test-time augmentation: {', '.join(report.tta['views'])}")
         for split in ("val", "test"):
@@ -274,6 +279,22 @@ def report_text(report: EvaluationReport) -> str:
                 t = report.tta[split]
                 lines.append(f"  {split}: top-1 {t['top1']:.4f} with, {t['top1_without']:.4f} without")
     return "\n".join([*lines, ""]) + "\n" + classification_report_text(report.confusion, report.class_names)
+
+
+def distillation_lines(summary: dict[str, Any]) -> list[str]:
+    """report.txt's lines on a distilled run: the teacher, then its top-1 and the agreement per split."""
+    settings = ", ".join(
+        f"{key}={summary[key]}" for key in ("alpha", "temperature", "weight") if key in summary
+    )
+    lines = [f"teacher ({summary['kind']} distillation, {settings}): {summary.get('description')}"]
+    for split in ("val", "test"):
+        if summary.get(split):
+            s = summary[split]
+            lines.append(
+                f"  {split}: teacher top-1 {s.get('teacher_top1', float('nan')):.4f},"
+                f" student/teacher agreement {s.get('agreement', float('nan')):.4f}"
+            )
+    return lines
 
 
 def _plain(values: np.ndarray) -> list[float | None]:
@@ -299,6 +320,8 @@ def report_dict(report: EvaluationReport) -> dict[str, Any]:
         content["calibration"] = report.calibration
     if report.tta is not None:
         content["tta"] = report.tta
+    if report.distillation is not None:
+        content["distillation"] = report.distillation
     return content
 
 

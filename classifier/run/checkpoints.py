@@ -31,6 +31,9 @@ RUN_FIELDS = ("config", "class_names", "input")
 TRAIN_SECONDS_KEY = "train_seconds"
 # The tracker runs (MLflow) that trained the checkpoint, in its run metadata when it has any.
 TRACKERS_KEY = "trackers"
+# The teacher of a distilled run (engine.distillation.Distillation.identity: its spec and sha256),
+# in its run metadata: a resume checks the teacher file is the same.
+DISTILLATION_KEY = "distillation"
 # What to do with a checkpoint that holds code (errors.pickled_code_line).
 RESAVE_ADVICE = (
     "ckpt_path takes a checkpoint written by train.py; weights from elsewhere go in as model.weights=PATH"
@@ -192,6 +195,7 @@ def check_resumable(
     class_names: list[str],
     state_dict: dict,
     config: dict[str, Any] | None = None,
+    teacher: dict[str, Any] | None = None,
 ) -> None:
     """Make sure training can continue from `path` before Lightning tries: it must be readable, written
     by train.py, for the same classes, and hold weights of the same shapes as this run's module. With
@@ -205,6 +209,7 @@ def check_resumable(
         class_names: this run's classes.
         state_dict: this run's module's state_dict (only the shapes are compared).
         config: this run's resolved config (engine.build.run_config).
+        teacher: this run's distillation teacher (Distillation.identity), or None.
 
     Raises:
         UserError: one line saying which file is at fault and what to do, or which changed setting
@@ -247,8 +252,34 @@ def check_resumable(
             f" differ, e.g. {key}: {found.get(key, 'absent')} saved, {expected.get(key, 'absent')} now):"
             f" {other}"
         )
+    check_same_teacher(saved.get(DISTILLATION_KEY), teacher, where)
     if config is not None:
         report_config_changes(checkpoint, saved.get("config") or {}, config, what)
+
+
+def check_same_teacher(saved: Any, current: dict[str, Any] | None, where: str) -> None:
+    """Refuses to resume a distilled run with another teacher file than it was trained with.
+
+    Raises:
+        UserError: the saved teacher's sha256 differs from the current one's, or feature
+            distillation (whose projection the checkpoint lacks) is added to a run trained without.
+    """
+    if current is None:
+        return
+    if not isinstance(saved, dict):
+        if current["kind"] == "feature":
+            raise UserError(
+                f"distill=feature cannot be added when resuming {where}, trained without it (its"
+                " projection is not in the checkpoint): resume=false to start over"
+            )
+        return
+    before = saved.get("sha256") if isinstance(saved.get("sha256"), dict) else {}
+    if sorted(before.values()) != sorted(current["sha256"].values()):
+        raise UserError(
+            f"distill.teacher={current['teacher']}: the teacher file differs from the one {where} was"
+            f" trained with ({saved.get('teacher')}, sha256 {', '.join(before.values())[:16] or 'none'}...):"
+            " give the same teacher, or resume=false to start over"
+        )
 
 
 def _classes(names: list[str]) -> str:

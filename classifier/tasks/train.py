@@ -75,7 +75,8 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     datamodule = build_run_datamodule(cfg)
     module = build_module(cfg, datamodule)
     config = run_config(cfg)
-    metadata = RunMetadata(config, datamodule.class_names, datamodule.input_spec.to_dict())
+    teacher = module.distillation.identity() if module.distillation is not None else None
+    metadata = RunMetadata(config, datamodule.class_names, datamodule.input_spec.to_dict(), teacher)
     on_interrupt = CheckpointOnInterrupt(output_dir / LAST)
     trainer = build_trainer(cfg, extra_callbacks=[metadata, on_interrupt])
     ckpt_path = _checkpoint_to_resume(cfg, trainer, output_dir, datamodule.class_names, module, config)
@@ -140,7 +141,8 @@ def _checkpoint_to_resume(
     ckpt_path = resume_checkpoint(output_dir, cfg.get("resume", "auto"), cfg.get("ckpt_path"))
     if ckpt_path:
         explicit = bool(cfg.get("ckpt_path"))
-        check_resumable(ckpt_path, output_dir, explicit, class_names, module.state_dict(), config)
+        teacher = module.distillation.identity() if module.distillation is not None else None
+        check_resumable(ckpt_path, output_dir, explicit, class_names, module.state_dict(), config, teacher)
     return ckpt_path
 
 
