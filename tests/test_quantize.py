@@ -37,7 +37,7 @@ def recomputed(path, images, labels, temperature):
     return float(create_top1(10)(probs, target)), float(create_ece(10)(probs, target)), probs.numpy()
 
 
-@pytest.mark.slow  # ~15 s of export, calibration, evaluation and timing on 2 cores
+@pytest.mark.slow  # export, calibration, evaluation and timing: ~27 s on 2 busy cores
 def test_int8_model_beside_the_float_one_with_figures_that_a_recomputation_confirms(
     small_digits_run, tmp_path, caplog
 ):
@@ -174,3 +174,55 @@ def test_a_model_with_nothing_to_quantize_is_refused_naming_its_operators(tmp_pa
         ):
             quantize_onnx(path, tmp_path / "tiny.int8.onnx", mode)
     assert not (tmp_path / "tiny.int8.onnx").exists()
+
+
+@pytest.mark.slow  # two exports, ~45 s on 2 busy cores
+def test_without_readable_data_the_int8_model_is_written_but_not_compared(
+    small_digits_run, tmp_path, monkeypatch, caplog
+):
+    from conftest import write_image
+
+    ckpt = small_digits_run[0] / "checkpoints" / "best.ckpt"
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        write_image(tmp_path / "calibration" / f"{i}.png", (30 * i, 200 - 30 * i, 90), 32, rng)
+
+    def unreadable(saved, overrides=None):
+        raise UserError("data.root=/gone does not exist")
+
+    monkeypatch.setattr("classifier.engine.from_checkpoint.saved_datamodule", unreadable)
+    for mode, overrides in (
+        ("int8", [f"calibration_input={tmp_path / 'calibration'}"]),
+        ("int8_dynamic", []),
+    ):
+        out = tmp_path / mode
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            run_export(out, f"ckpt_path={ckpt}", f"quantize={mode}", *overrides)
+        section = json.loads((out / "model.int8.json").read_text())["quantization"]
+        assert section["mode"] == mode and section["files"]["int8"]["bytes"] > 0
+        assert section["comparison"] == {
+            "made": False,
+            "reason": "the checkpoint's data cannot be read (data.root=/gone does not exist)",
+        }
+        assert section["speed_cpu"]["int8"]["batch_64_images_per_s"] > 0
+        assert [r.getMessage() for r in caplog.records if "not compared" in r.getMessage()] == [
+            "model.int8.onnx written but not compared with model.onnx: the checkpoint's data cannot be read"
+            " (data.root=/gone does not exist)"
+        ]
+        calibration = section["calibration"]
+        if mode == "int8":
+            assert calibration["images"] == 6 and calibration["source"].startswith(
+                "6 images of calibration_input="
+            )
+        else:
+            assert calibration is None
+        # the int8 file runs in onnxruntime and gives what the float one gives: 10 logits per image
+        images = np.stack([np.asarray(rng.normal(size=(3, 32, 32)), dtype=np.float32) for _ in range(4)])
+        outputs = [
+            ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"]).run(
+                None, {"images": images}
+            )[0]
+            for name in ("model.onnx", "model.int8.onnx")
+        ]
+        assert outputs[0].shape == outputs[1].shape == (4, 10)
