@@ -8,7 +8,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -26,25 +26,39 @@ def cpu_inference_speed(
     net: nn.Module, img_size: int, batch_sizes: Sequence[int] = (LATENCY_BATCH, THROUGHPUT_BATCH)
 ) -> dict[str, Any]:
     """Median seconds per forward pass of a CPU copy of `net` in eval mode (no gradients) on
-    random inputs, per batch size: at least 3 timed passes after one warm-up, more while they take
-    under a quarter of a second in all. Returns ms per image at the smallest batch and images/s at each."""
+    random inputs, per batch size (median_speed). Returns ms per image at the smallest batch and
+    images/s at each."""
     model = copy.deepcopy(net).cpu().eval()
     if getattr(model, "_compiled_call_impl", None) is not None:  # module.compile=true: time it plain
         model._compiled_call_impl = None
     result: dict[str, Any] = {"threads": torch.get_num_threads(), "input": [3, img_size, img_size]}
     with torch.inference_mode():
-        for batch in batch_sizes:
-            inputs = torch.randn(batch, 3, img_size, img_size)
-            model(inputs)  # warm-up: first-call allocations and kernel selection
-            times: list[float] = []
-            while len(times) < 3 or (sum(times) < 0.25 and len(times) < 50):
-                started = time.perf_counter()
-                model(inputs)
-                times.append(time.perf_counter() - started)
-            seconds = statistics.median(times)
-            if batch == batch_sizes[0]:
-                result[f"batch_{batch}_ms_per_image"] = round(1000 * seconds / batch, 3)
-            result[f"batch_{batch}_images_per_s"] = round(batch / seconds, 1)
+        result.update(median_speed(model, img_size, batch_sizes))
+    return result
+
+
+def median_speed(
+    predict: Callable[[torch.Tensor], object],
+    img_size: int,
+    batch_sizes: Sequence[int] = (LATENCY_BATCH, THROUGHPUT_BATCH),
+) -> dict[str, float]:
+    """Median seconds of `predict` on a batch of random images, per batch size: at least 3 timed
+    calls after one warm-up, more while they take under a quarter of a second in all. Returns ms per
+    image at the first batch size and images/s at each (the figures of cpu_inference_speed and of an
+    exported model's)."""
+    result: dict[str, float] = {}
+    for batch in batch_sizes:
+        inputs = torch.randn(batch, 3, img_size, img_size)
+        predict(inputs)  # warm-up: first-call allocations and kernel selection
+        times: list[float] = []
+        while len(times) < 3 or (sum(times) < 0.25 and len(times) < 50):
+            started = time.perf_counter()
+            predict(inputs)
+            times.append(time.perf_counter() - started)
+        seconds = statistics.median(times)
+        if batch == batch_sizes[0]:
+            result[f"batch_{batch}_ms_per_image"] = round(1000 * seconds / batch, 3)
+        result[f"batch_{batch}_images_per_s"] = round(batch / seconds, 1)
     return result
 
 

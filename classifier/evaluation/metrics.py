@@ -23,12 +23,18 @@ def create_top1(num_classes: int) -> MulticlassAccuracy:
     return MulticlassAccuracy(num_classes, top_k=1, average="micro")
 
 
+def create_ece(num_classes: int) -> MulticlassCalibrationError:
+    """Expected calibration error as every split reports it: 15 equal-width confidence bins, the
+    bins' |accuracy - confidence| weighted by their share of the images. Update with probabilities."""
+    return MulticlassCalibrationError(num_classes, n_bins=ECE_BINS, norm="l1")
+
+
 def create_eval_metrics(num_classes: int) -> MetricCollection:
     """top1, top5 (only with 5 or more classes), 15-bin ECE, per-class accuracy and the confusion
     matrix. Update with class probabilities (ECE needs them; the rest are indifferent)."""
     metrics = {
         "top1": create_top1(num_classes),
-        "ece": MulticlassCalibrationError(num_classes, n_bins=ECE_BINS, norm="l1"),
+        "ece": create_ece(num_classes),
         "class_acc": MulticlassAccuracy(num_classes, average=None),
         "confusion": MulticlassConfusionMatrix(num_classes),
     }

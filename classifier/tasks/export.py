@@ -20,8 +20,10 @@ from omegaconf import DictConfig
 from torch import nn
 
 from classifier.config_values import to_number
+from classifier.data import ClassificationDataModule
 from classifier.data.images import load_rgb
 from classifier.data.transforms import create_eval_transform
+from classifier.deployment.int8 import Int8Settings, calibration_set, export_int8, readable_data
 from classifier.engine.from_checkpoint import SavedModel, load_model, saved_datamodule
 from classifier.errors import UserError
 from classifier.extras import import_for
@@ -44,10 +46,17 @@ def export(cfg: DictConfig) -> dict[str, float]:
     count = to_number(cfg.get("check_images", 16), "check_images", int)
     if count < 2:
         raise UserError(f"check_images={count} must be 2 or more (the batch size is exported as variable)")
+    int8 = Int8Settings.from_config(cfg, fmt)
     output = _output_path(cfg, fmt)
     saved = load_model(str(cfg.ckpt_path))
     net = saved.module.net.cpu().eval()
-    inputs, described = check_inputs(cfg, saved, count)
+    datamodule, problem, calibration = None, None, None
+    if int8:
+        import_for(f"quantize={int8.mode}", "export", "onnxruntime")
+        datamodule, problem = readable_data(saved)
+        if int8.mode == "int8":  # before anything is written: no calibration images, no export
+            calibration = calibration_set(int8, saved, datamodule, problem)
+    inputs, described = check_inputs(cfg, saved, count, datamodule)
     with torch.inference_mode():
         expected = net(inputs)
     if fmt == "onnx":
@@ -64,6 +73,11 @@ def export(cfg: DictConfig) -> dict[str, float]:
     sidecar = output.with_suffix(".json")
     info = sidecar_content(saved, fmt, output, runtime, difference, tolerance, described, len(inputs))
     write_atomically((json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode(), sidecar)
+    if int8:
+        info["quantization"] = export_int8(
+            int8, saved, output, info, datamodule, problem, calibration, INPUT_NAME
+        )
+        write_atomically((json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode(), sidecar)
     if difference is None:
         log.warning(
             "onnxruntime is not installed: %s passed onnx.checker, its outputs were not compared", output
@@ -86,9 +100,12 @@ def _output_path(cfg: DictConfig, fmt: str) -> Path:
     return Path(cfg.paths.output_dir) / f"model{suffix}"
 
 
-def check_inputs(cfg: DictConfig, saved: SavedModel, count: int) -> tuple[torch.Tensor, str]:
+def check_inputs(
+    cfg: DictConfig, saved: SavedModel, count: int, datamodule: ClassificationDataModule | None = None
+) -> tuple[torch.Tensor, str]:
     """Up to `count` real images, eval-transformed: check_input's files when given, else the
-    checkpoint's own val images; random inputs (with a warning) when neither can be read."""
+    checkpoint's own val images (from `datamodule` when already read); random inputs (with a warning)
+    when neither can be read."""
     transform = create_eval_transform(saved.input_spec)
     if cfg.get("check_input"):
         from classifier.tasks.predict import find_images
@@ -99,7 +116,7 @@ def check_inputs(cfg: DictConfig, saved: SavedModel, count: int) -> tuple[torch.
             images = images * 2
         return torch.stack(images), f"{len(paths)} images of check_input={cfg.check_input}"
     try:
-        val = saved_datamodule(saved).dataset("val")
+        val = (datamodule or saved_datamodule(saved)).dataset("val")
     except UserError as exc:
         log.warning("the checkpoint's data cannot be read (%s): checking on random inputs", exc)
         side = saved.input_spec.img_size
@@ -214,6 +231,7 @@ def sidecar_content(
     return {
         "format": fmt,
         "file": output.name,
+        "precision": "float32",
         "checkpoint": saved.path,
         "model": (saved.config.get("model") or {}).get("name"),
         "input": {
