@@ -132,11 +132,16 @@ def test_the_readme_multirun_and_eval_work_as_typed_from_any_folder(tmp_path):
     rows = (tmp_path / "preds.csv").read_text().splitlines()
     assert rows[0].startswith("path,label,prob,top1_label,top1_prob,") and "top4_label" not in rows[0]
     assert len(rows) == 1 + 3  # one .png of the two images of each class
-    result = run_script(str(REPO / "export.py"), f"ckpt_path={best}", "format=onnx", cwd=tmp_path)
+    result = run_script(
+        str(REPO / "export.py"), f"ckpt_path={best}", "format=onnx", "quantize=int8", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (export_dir,) = (tmp_path / "outputs" / "export").glob("*/*")
     assert json.loads((export_dir / "model.json").read_text())["check"]["max_abs_difference"] < 1e-4
     assert (export_dir / "model.onnx").stat().st_size > 10_000
+    int8 = json.loads((export_dir / "model.int8.json").read_text())["quantization"]
+    assert int8["comparison"]["made"] and int8["comparison"]["split"] == "val"
+    assert (export_dir / "model.int8.onnx").stat().st_size < (export_dir / "model.onnx").stat().st_size
     folders = sorted(p.name for p in (tmp_path / "outputs").iterdir())
     assert folders == ["eval", "export", "multirun", "predict"]
 
