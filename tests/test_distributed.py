@@ -79,3 +79,52 @@ def test_ddp_cpu_is_one_run_whose_metrics_cover_both_processes(tmp_path):
     report = json.loads((run_dir / "report.json").read_text())
     assert report["calibration"]["images"] == 479
     assert {"val/top1_tta", "test/top1_tta"} <= set(metrics)
+
+
+def _test_predictions(ckpt_path) -> tuple[torch.Tensor, torch.Tensor]:
+    """A checkpoint's top class and the label of every test image, in one process."""
+    from conftest import load_run
+
+    module, datamodule = load_run(str(ckpt_path))
+    module.eval()
+    with torch.no_grad():
+        outputs = [(module(images).argmax(dim=1), labels) for images, labels in datamodule.test_dataloader()]
+    return torch.cat([top for top, _ in outputs]), torch.cat([labels for _, labels in outputs])
+
+
+def test_ddp_cpu_distillation_scores_the_teacher_on_every_image_once(small_digits_run, tmp_path):
+    """distill=soft under trainer=ddp_cpu: each process runs its own teacher on its half of a batch;
+    the teacher's top-1 and the agreement in metrics.json are those of the whole test split, as one
+    process computes them from the two checkpoints."""
+    teacher = small_digits_run[0] / "checkpoints" / "best.ckpt"
+    command = [
+        str(REPO / "train.py"),
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.enable_model_summary=false",
+        "data.batch_size=20",
+        "model.width=8",
+        "distill=soft",
+        f"distill.teacher={teacher}",
+        "logger=none",
+    ]
+    result = subprocess.run(
+        [sys.executable, *command], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "Starting with 2 processes" in output
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    student, labels = _test_predictions(run_dir / "checkpoints" / "best.ckpt")
+    teacher_top, teacher_labels = _test_predictions(teacher)
+    assert torch.equal(labels, teacher_labels) and len(labels) == 360
+    assert metrics["test/teacher_top1"] == pytest.approx(
+        (teacher_top == labels).double().mean().item(), abs=1e-5
+    )
+    assert metrics["test/agreement"] == pytest.approx(
+        (student == teacher_top).double().mean().item(), abs=1e-5
+    )
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert not any("teacher" in key for key in last["state_dict"])
