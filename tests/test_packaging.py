@@ -33,6 +33,8 @@ def test_wheel_ships_the_configs_and_trains_outside_the_repo(tmp_path):
             continue
         assert f"classifier/conf/{config.relative_to(CONF_DIR)}" in names
     assert not [name for name in names if name.startswith("classifier/conf/local/")]
+    for module in (REPO / "classifier").rglob("*.py"):  # every module of every subpackage
+        assert f"{module.relative_to(REPO)}" in names, f"pyproject.toml's packages leave out {module}"
     assert "hydra_plugins/classifier_optuna_sweeper/optuna_sweeper.py" in names
     assert "hydra_plugins/__init__.py" not in names  # a namespace other plugins share
 
