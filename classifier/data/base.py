@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from classifier.data.batched import BatchAugment, normalize
 from classifier.data.imbalance import check_class_weights, check_sampler, loss_weights, train_sampler
+from classifier.data.issues import IssueEdits
 from classifier.data.loaders import (
     DecodedCache,
     check_batch_size,
@@ -65,6 +67,8 @@ class ClassificationDataModule(L.LightningDataModule):
             images are drawn (classifier/data/imbalance.py).
         decoded_cache, device_resident: whole batches from decoded arrays instead of per image in
             loader workers (DecodedCache).
+        exclude, relabel: an audit's issues.csv: its files dropped from every split, its label rows'
+            suggested labels applied to train (classifier/data/issues.py); data read from files only.
     """
 
     NATIVE_IMG_SIZE: int = PHOTO_SIDE  # the input side when data.img_size is null, unless read from files
@@ -95,6 +99,8 @@ class ClassificationDataModule(L.LightningDataModule):
         decoded_cache: str | bool = "auto",
         device_resident: bool = False,
         shots_per_class: int | None = None,
+        exclude: str | None = None,
+        relabel: str | None = None,
     ):
         super().__init__()
         # a plain attribute: Lightning's batch-size finder sets it (tune.batch_size)
@@ -118,6 +124,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.decoded = DecodedCache(decoded_cache, device_resident)
         self.preprocessing.check_transforms()
         self.on_bad_image = on_bad_image
+        self.issue_edits = IssueEdits.from_config(exclude, relabel)
         self._setup: _SetUp | None = None
 
     # -- to implement ---------------------------------------------------------------------------
@@ -132,6 +139,11 @@ class ClassificationDataModule(L.LightningDataModule):
     def load_splits(self, class_names: list[str]) -> Splits:
         """The untransformed splits, labelled by index in `class_names` (called once, by setup)."""
         raise NotImplementedError
+
+    def image_root(self) -> Path | None:
+        """The folder that relative paths of an issues file start from (data.root); None: the
+        working directory."""
+        return None
 
     # -- what setup read ------------------------------------------------------------------------
     @property
@@ -188,6 +200,7 @@ class ClassificationDataModule(L.LightningDataModule):
         class_names = self.read_class_names()
         spec = self.preprocessing.input_spec(self.native_img_size)
         datasets = self.split_policy.apply(self.load_splits(class_names), class_names)
+        datasets = self.issue_edits.apply(datasets, class_names, self.image_root(), type(self).__name__)
         for name, dataset in datasets.items():
             if len(dataset) == 0:
                 raise UserError(f"the {name} split is empty ({type(self).__name__})")
@@ -204,6 +217,12 @@ class ClassificationDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> Dataset:
         """The untransformed images of `split` ('train', 'val' or 'test')."""
         return self.ready.datasets[split]
+
+    @property
+    def issues_applied(self) -> dict[str, dict]:
+        """What data.exclude and data.relabel did: per key the issues file, its sha256 and the images
+        changed per split (the model card's data.excluded and data.relabelled); empty without them."""
+        return dict(self.issue_edits.applied)
 
     def split_sizes(self) -> dict[str, int]:
         """Images per split: train, val and (when there is one) test."""

@@ -40,6 +40,9 @@ class _CIFARDataModule(ClassificationDataModule):
     def in_memory(self) -> bool:
         return not is_image_folder_tree(self.root)
 
+    def image_root(self) -> Path:
+        return self.root
+
     @property
     def batches_dir(self) -> Path:
         return self.root / self.torchvision_dataset.base_folder

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
 from classifier.console import ProgressLog
@@ -34,11 +34,14 @@ DECODE_BATCH = 256  # images per loader batch while decoding
 
 
 def file_samples(dataset: Dataset) -> list[tuple[str, int]] | None:
-    """The (path, label) pairs of a file-backed split (an ImageFileDataset or a Subset of one), in
-    dataset order; None for data that is not read from files."""
+    """The (path, label) pairs of a file-backed split (an ImageFileDataset, or Subsets and
+    ConcatDatasets of them), in dataset order; None for data that is not read from files."""
     if isinstance(dataset, Subset):
         parent = file_samples(dataset.dataset)
         return None if parent is None else [parent[i] for i in dataset.indices]
+    if isinstance(dataset, ConcatDataset):
+        parts = [file_samples(part) for part in dataset.datasets]
+        return None if any(part is None for part in parts) else [item for part in parts for item in part]
     if isinstance(dataset, ImageFileDataset):
         return list(dataset.samples)
     return None

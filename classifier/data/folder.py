@@ -139,5 +139,8 @@ class ImageFolderDataModule(ClassificationDataModule):
     def read_class_names(self) -> list[str]:
         return find_class_names(self.train_dir)
 
+    def image_root(self) -> Path:
+        return self.root_dir
+
     def load_splits(self, class_names: list[str]) -> Splits:
         return read_image_folder(self.root_dir, self.train_dir, class_names, self.on_bad_image)

@@ -181,6 +181,9 @@ class CSVDataModule(ClassificationDataModule):
     def _image_root(self) -> Path:
         return expand_path(self.root) if self.root else self._csv_file().parent
 
+    def image_root(self) -> Path:
+        return self._image_root()
+
     def load_splits(self, class_names: list[str]) -> Splits:
         index = {name: i for i, name in enumerate(class_names)}
         base = self._image_root()

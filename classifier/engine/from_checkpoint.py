@@ -4,6 +4,7 @@ allow-list, whatever the saved config names."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from classifier.data import ClassificationDataModule
 from classifier.data.transforms import InputSpec
 from classifier.engine.module import ClassifierModule
 from classifier.errors import UserError
+from classifier.files import expand_path
 from classifier.models import create_model
 from classifier.run.checkpoints import (
     TRACKERS_KEY,
@@ -23,6 +25,8 @@ from classifier.run.checkpoints import (
     saved_run,
     saved_temperature,
 )
+
+log = logging.getLogger(__name__)
 
 # What a checkpoint's saved config may construct, by the `_target_` names the configs in conf/ use.
 # A checkpoint is data: rebuilding a run from one never imports a path the file names (it could
@@ -109,6 +113,29 @@ def _apply_data_overrides(data_cfg: dict[str, Any], overrides: dict[str, Any]) -
         if key not in data_cfg:
             raise UserError(f"data.{key} does not apply to the checkpoint's data ({target})")
         data_cfg[key] = value
+    return data_cfg
+
+
+# Data keys naming an issues.csv (classifier/data/issues.py): a run's audit file may be gone by the time
+# its checkpoint is evaluated.
+ISSUES_KEYS = ("exclude", "relabel")
+
+
+def _without_gone_issues_files(data_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The saved data config less each issues file that no longer exists, with a warning: a moved or
+    deleted audit file must not stop a checkpoint from being evaluated; its whole splits are."""
+    data_cfg = dict(data_cfg)
+    for key in ISSUES_KEYS:
+        value = data_cfg.get(key)
+        if isinstance(value, str) and value and not expand_path(value).is_file():
+            log.warning(
+                "the checkpoint's data.%s=%s is gone: %s; set data.%s=PATH to apply it from elsewhere",
+                key,
+                value,
+                "every split is read whole" if key == "exclude" else "train keeps its given labels",
+                key,
+            )
+            data_cfg[key] = None
     return data_cfg
 
 
@@ -217,13 +244,15 @@ def saved_datamodule(
 ) -> ClassificationDataModule:
     """The data module of a checkpoint's run, from its saved config with `data_overrides` replacing
     its data keys (None values are ignored) and the model's input settings; read and checked to
-    have the checkpoint's classes.
+    have the checkpoint's classes. A saved data.exclude / data.relabel file that is gone is left
+    out with a warning (an override naming a missing file is an error).
 
     Raises:
         UserError: a data key the checkpoint's data does not have, a saved config that names
             other code, or data whose classes differ from the checkpoint's.
     """
-    data_cfg = _apply_data_overrides(_saved_section(saved.config, "data"), data_overrides or {})
+    saved_data = _without_gone_issues_files(_saved_section(saved.config, "data"))
+    data_cfg = _apply_data_overrides(saved_data, data_overrides or {})
     # The input settings the model was trained with replace the data config's.
     data_cfg.update(saved.input_spec.to_dict())
     datamodule = construct_allowed(data_cfg, ALLOWED_DATA_MODULES, "data")

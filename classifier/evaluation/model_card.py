@@ -69,9 +69,11 @@ def model_card(
     temperature: float,
     training: dict[str, Any] | None = None,
     inference: dict[str, Any] | None = None,
+    data_issues: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The model card's content (see the module docstring); `training` holds the run's seconds,
-    epochs, steps and speed when known, `inference` cpu_inference_speed's figures."""
+    epochs, steps and speed when known, `inference` cpu_inference_speed's figures, `data_issues`
+    what data.exclude and data.relabel did (ClassificationDataModule.issues_applied)."""
     model_cfg = dict(config.get("model") or {})
     data_cfg = dict(config.get("data") or {})
     card: dict[str, Any] = {
@@ -92,6 +94,7 @@ def model_card(
             "num_classes": len(class_names),
             "class_names": list(class_names),
             "images": split_sizes,
+            **(data_issues or {}),
         },
         "recipe": _recipe(config),
         "metrics": _split_metrics(report.metrics),
@@ -162,5 +165,6 @@ def write_run_model_card(
         temperature=module.temperature,
         training=training,
         inference=inference,
+        data_issues=datamodule.issues_applied,
     )
     log.info("model card: %s", write_model_card(output_dir, card))
