@@ -5,6 +5,7 @@ that a crash leaves either the old content or the new, never a torn file."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import tempfile
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 from classifier.errors import UserError
 
 _umask_lock = threading.Lock()
+HASH_CHUNK = 1 << 20  # bytes read at a time when hashing a file
 
 
 def current_umask() -> int:
@@ -96,3 +98,13 @@ def file_identity(path: str | os.PathLike) -> list:
     path = Path(path)
     stat = path.stat() if path.is_file() else None
     return [str(path.resolve()), stat and stat.st_size, stat and stat.st_mtime_ns]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's content, read in chunks (a teacher checkpoint can be gigabytes): what
+    a run records to tell later whether a file it used is still the same."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -16,7 +16,6 @@ when data.root is relative). Listed files that match no image are counted in one
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -30,7 +29,7 @@ from classifier.audit.issues_file import IssueRow, apply_exclude, apply_relabel,
 from classifier.data.decoded import file_samples
 from classifier.data.images import ImageFileDataset
 from classifier.errors import UserError
-from classifier.files import expand_path
+from classifier.files import expand_path, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ class IssuesFile:
     def read(cls, key: str, given: str) -> IssuesFile:
         path = expand_path(given)
         rows = read_issues(path)  # checks every row; a missing file is a one-line error
-        sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        sha256 = file_sha256(path)
         return cls(key, given, path.resolve(), sha256, rows)
 
     def matched(self, data_keys: set[str], root: Path | None) -> tuple[list[IssueRow], int]:

@@ -12,10 +12,8 @@ of copying it.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -28,22 +26,13 @@ from torch import nn
 from classifier.data.transforms import InputSpec
 from classifier.engine.from_checkpoint import load_model
 from classifier.errors import UserError
-from classifier.files import existing_file, expand_path
+from classifier.files import existing_file, expand_path, file_sha256
 from classifier.models.factory import create_model, pretrained_input
 from classifier.models.weights import load_local_weights
 
 log = logging.getLogger(__name__)
 
-HASH_CHUNK = 1 << 20  # bytes read at a time when hashing a teacher file
 CHECKPOINT_SUFFIXES = (".ckpt",)
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def feature_dim(net: nn.Module) -> int | None:
@@ -156,7 +145,7 @@ def load_checkpoint_teacher(path: str, class_names: Sequence[str]) -> tuple[Teac
     spec = saved.input_spec
     net = TeacherNet(saved.module.net, spec.mean, spec.std)
     teacher = Teacher(net, spec.img_size, f"checkpoint {file}")
-    return teacher, {str(file): sha256_of(file)}
+    return teacher, {str(file): file_sha256(file)}
 
 
 def load_timm_teacher(name: str, weights: str | None, num_classes: int) -> tuple[Teacher, dict[str, str]]:
@@ -177,7 +166,7 @@ def load_timm_teacher(name: str, weights: str | None, num_classes: int) -> tuple
                 f"distill.teacher_weights={weights} has no {num_classes}-class head for {name}: a teacher"
                 " must predict the data's classes"
             )
-        files[str(file)] = sha256_of(file)
+        files[str(file)] = file_sha256(file)
         description = f"timm {name} with weights {file}"
     else:
         hub_classes = getattr(get_pretrained_cfg(name), "num_classes", None)
