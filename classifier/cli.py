@@ -1,7 +1,7 @@
 """Command-line entry points: what the root scripts (train.py, eval.py, predict.py, export.py, probe.py,
-zeroshot.py, fewshot.py) share (the command line as typed in bash, one-line errors, exit statuses),
-and the installed `classifier-train`, `-eval`, `-predict`, `-export`, `-probe`, `-zeroshot` and
-`-fewshot` commands, which read the configs shipped in the package.
+zeroshot.py, fewshot.py, audit.py) share (the command line as typed in bash, one-line errors, exit statuses),
+and the installed `classifier-train`, `-eval`, `-predict`, `-export`, `-probe`, `-zeroshot`,
+`-fewshot` and `-audit` commands, which read the configs shipped in the package.
 
 Nothing heavy is imported here: Hydra answers `--help` and config mistakes before torch, Lightning
 and timm load (seconds), and the task's module is imported once the config is composed.
@@ -214,3 +214,4 @@ export_command = installed_command("export")
 probe_command = installed_command("probe")
 zeroshot_command = installed_command("zeroshot")
 fewshot_command = installed_command("fewshot")
+audit_command = installed_command("audit")

@@ -177,6 +177,47 @@ def test_the_readme_probe_command_works_as_typed(tmp_path):
     assert len(list((tmp_path / "cache" / "classifier" / "features").glob("*.pt"))) == 3
 
 
+def test_the_readme_audit_then_exclude_commands_work_as_typed(tmp_path):
+    """audit.py on ~/photos with a train image copied into test (a leak), then train.py with
+    data.exclude= the issues.csv it wrote, from a folder that is not the repository."""
+    import shutil
+
+    home = tmp_path / "home"
+    photos = write_image_folder(home / "photos", {"train": 6, "val": 2, "test": 2}, size=16)
+    shutil.copyfile(photos / "test/dog/000.png", photos / "train/dog/leak.png")
+    env = {"HOME": str(home), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = run_script(
+        str(REPO / "audit.py"), "data=imagefolder", "data.root=~/photos", "folds=2", cwd=tmp_path, env=env
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run,) = (tmp_path / "outputs" / "audit").glob("*/*")
+    assert {p.name for p in run.iterdir()} >= {
+        "issues.csv",
+        "audit.md",
+        "audit.html",
+        "audit.json",
+        "audit.log",
+    }
+    rows = (run / "issues.csv").read_text().splitlines()
+    leak = f"{photos}/train/dog/leak.png,leak,,,1.0,{photos}/test/dog/000.png"
+    assert leak in rows
+    issues = run.relative_to(tmp_path) / "issues.csv"
+    assert f"python train.py data.exclude={run / 'issues.csv'}" in (run / "audit.log").read_text()
+    result = run_script(
+        str(REPO / "train.py"),
+        "data=imagefolder",
+        "data.root=~/photos",
+        f"data.exclude={issues}",
+        "trainer.max_epochs=1",
+        "hydra.run.dir=outputs/clean",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    card = (tmp_path / "outputs/clean/model_card.yaml").read_text()
+    assert re.search(r"excluded:\n(.*\n)*? +images:\n +train: \d+", card), card
+
+
 def test_the_sweep_summary_command_as_typed_and_its_old_name(tmp_path):
     result = run_script("-m", "classifier.run.sweeps", str(tmp_path))
     assert result.returncode == 1

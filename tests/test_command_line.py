@@ -48,6 +48,7 @@ def passes(config_name: str, *args: str) -> None:
         ("probe", "methd=knn", "method="),
         ("zeroshot", "class_name=[a,b]", "class_names="),
         ("fewshot", "shot=[1]", "shots="),
+        ("audit", "fold=3", "folds="),
     ],
 )
 def test_a_misspelt_key_is_one_line_naming_the_closest_keys(tmp_path, config_name, arg, suggested):
@@ -313,7 +314,7 @@ def test_help_shows_usage_groups_examples_and_the_docs():
     assert len(examples) == 5 and "python train.py -m model=scratch_cnn,resnet18 seed=1,2" in examples[-1]
     assert "docs/configuration.md" in result.stdout and "--cfg job" in result.stdout
     assert len(lines) <= 40  # a screen, not the 200-line config dump
-    for script in ("eval.py", "predict.py", "export.py", "probe.py", "zeroshot.py", "fewshot.py"):
+    for script in ("eval.py", "predict.py", "export.py", "probe.py", "zeroshot.py", "fewshot.py", "audit.py"):
         result, _ = run_script(script, "--help")
         lines = result.stdout.splitlines()
         assert result.returncode == 0 and len(lines) <= 40, script

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,32 @@ def profile_dataset(
                 headers[path] = read_header(path)
             except Exception as exc:  # changed since it was checked: as unreadable as any other
                 reasons[path] = f"{type(exc).__name__}: {exc}"
+    return _profile(listed, class_names, headers, reasons)
+
+
+def profile_images(
+    splits: Mapping[str, Sequence[tuple[str, int]]],
+    class_names: Sequence[str],
+    load: Callable[[str], Image.Image],
+) -> dict[str, Any]:
+    """profile_dataset of data held in memory: `load(name)` gives each listed image (decoded, so
+    none is broken), its size and mode read from the image itself."""
+    listed = {name: [(str(path), int(label)) for path, label in samples] for name, samples in splits.items()}
+    headers: dict[str, Header] = {}
+    for samples in listed.values():
+        for path, _ in samples:
+            if path not in headers:
+                img = load(path)
+                headers[path] = (img.width, img.height, img.mode, mode_flags(img.mode, img.info))
+    return _profile(listed, class_names, headers, {})
+
+
+def _profile(
+    listed: Mapping[str, Sequence[tuple[str, int]]],
+    class_names: Sequence[str],
+    headers: Mapping[str, Header],
+    reasons: Mapping[str, str],
+) -> dict[str, Any]:
     broken = set(reasons)
     profile: dict[str, Any] = {
         "classes": list(class_names),

@@ -18,6 +18,7 @@ TASKS = {
     "probe": "classifier.tasks.probe:probe",
     "zeroshot": "classifier.tasks.zeroshot:zeroshot",
     "fewshot": "classifier.tasks.fewshot:fewshot",
+    "audit": "classifier.tasks.audit:audit",
 }
 
 
