@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config, ready, write_image_folder
+from conftest import CONF_DIR, compose_config, ready, write_image_folder
 
 from classifier.data import ImageFolderDataModule
 from classifier.data.decoded import file_samples
@@ -137,6 +138,49 @@ def test_a_backbone_s_features_give_the_probabilities_and_the_cosine_pairs(tmp_p
     assert hows.count(("leak", "pixels")) == 1 and hows.count(("duplicate", "pixels")) == 1
     assert len({frozenset((p["path"], p["other_path"])) for p in report["pairs"]}) == len(report["pairs"])
     assert metrics["label_issues"] >= 1
+
+
+@pytest.mark.long
+def test_kfold_training_gives_every_image_an_out_of_fold_probability(tmp_path, planted, caplog):
+    """method=kfold: a train.py run per fold, composed inside audit.py as the command line composes it
+    (Hydra's compose API within an initialised config search path)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    train = [
+        "trainer.max_epochs=8",
+        "model.width=8",
+        "data.batch_size=8",
+        "scheduler=none",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "callbacks.dashboards=null",
+    ]
+    overrides = [*FAST, "data=imagefolder", f"data.root={planted['root']}", "method=kfold", "folds=2"]
+    overrides.append("kfold=[" + ",".join(f'"{o}"' for o in train) + "]")
+    out = tmp_path / "audit"
+    caplog.set_level(logging.INFO, logger="classifier")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("audit", overrides=overrides, return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(out)
+            cfg.paths.output_dir = str(out)
+        HydraConfig.instance().set_config(cfg)
+        metrics = audit(cfg)
+    report = json.loads((out / "audit.json").read_text())
+    oos = report["out_of_sample"]
+    assert oos["method"] == "k-fold training" and oos["folds"] == 2 and oos["chosen_weight_decay"] is None
+    assert [row["fold"] for row in oos["sweep"]] == [0, 1]
+    # each fold is a train.py run of its own, trained on the other fold (data.folds=2 data.fold=i)
+    for fold in (0, 1):
+        assert f"data.folds=2: fold {fold} of 62 images is val" in caplog.text
+        assert (out / "folds" / str(fold) / "checkpoints" / "best.ckpt").is_file()
+    assert oos["out_of_fold_top1"] > 0.8  # distinct colours: 8 epochs on 31 images learn them
+    flagged = {row["path"] for row in read_rows(out / "issues.csv") if row["issue"] == "label"}
+    assert len(flagged & set(planted["flipped"])) >= 2
+    assert metrics["leaks"] == 1 and metrics["duplicates"] == 1
 
 
 def test_bad_settings_are_one_line(tmp_path):

@@ -32,15 +32,17 @@ class OutOfSample:
 
     probs: np.ndarray
     folds: int
-    weight_decay: float
+    weight_decay: float | None  # None: not a probe
     top1: float
     nll: float
     sweep: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
 
+    method: str = "cross-validated linear probe"
+
     def details(self) -> dict[str, object]:
         return {
-            "method": "cross-validated linear probe",
+            "method": self.method,
             "folds": self.folds,
             "chosen_weight_decay": self.weight_decay,
             "out_of_fold_top1": round(self.top1, 4),

@@ -43,7 +43,10 @@ from classifier.tasks.probe import backbone_description
 
 log = logging.getLogger(__name__)
 
-METHODS = ("auto", "probe", "pixels")
+METHODS = ("auto", "probe", "pixels", "kfold")
+# audit.yaml's own keys: the other overrides given to audit.py (data, model, seed...) go to kfold's
+# train.py runs.
+OWN_KEYS = ("method", "folds", "device", "features_cache", "probe", "labels", "duplicates", "report", "kfold")
 # The pixels method's features: each image at the data's input size, average-pooled to this side.
 PIXEL_SIDE = 16
 
@@ -148,6 +151,7 @@ def _settings(cfg: DictConfig) -> dict[str, Any]:
         "max_hamming_distance": distance,
         "min_cosine": min_cosine,
         "thumbnails": to_number(cfg.report.thumbnails, "report.thumbnails", int),
+        "kfold": [str(o) for o in as_list(cfg.get("kfold") or [])],
     }
 
 
@@ -175,6 +179,79 @@ def audit_features(
     features = torch.cat([p.features for p in parts])
     labels = torch.cat([p.labels for p in parts])
     return features, labels, source, sum(p.seconds for p in parts)
+
+
+# -- k-fold training ------------------------------------------------------------------------------------
+def _train_overrides() -> list[str]:
+    """The overrides audit.py was given but its own keys and Hydra's (fewshot.py's rule)."""
+    from classifier.tasks.fewshot import shared_overrides
+
+    return [o for o in shared_overrides() if o.lstrip("+~").split("=", 1)[0].split(".")[0] not in OWN_KEYS]
+
+
+@torch.no_grad()
+def _probabilities(module: nn.Module, loader) -> np.ndarray:
+    module.eval()
+    out = [(module(images) / module.temperature).softmax(dim=1).double() for images, _ in loader]
+    return torch.cat(out).numpy()
+
+
+def _held_out_keys(dataset) -> list[str]:
+    samples = file_samples(dataset)
+    if samples is not None:
+        return [path for path, _ in samples]
+    return [fingerprint(_as_pil(dataset[j][0])).digest for j in range(len(dataset))]
+
+
+def kfold_probabilities(
+    cfg: DictConfig, data: AuditedData, digests: list[str], num_classes: int, folds: int, extra: list[str]
+) -> OutOfSample:
+    """Out-of-fold probabilities by training: train.py (the model and data given to audit.py, plus
+    `extra`) on each fold's complement of train + val (data.folds=K data.fold=i, in
+    <output_dir>/folds/<i>/), its best checkpoint predicting the held-out fold; test images get the
+    mean of the K models. A fold's images are matched to the audit's by path, or for data held in
+    memory by their pixels' digest."""
+    from classifier.engine.from_checkpoint import load_model
+    from classifier.tasks import load_task
+    from classifier.tasks.fewshot import cell_config
+
+    start = time.perf_counter()
+    probs = np.full((len(data.refs), num_classes), np.nan)
+    test = [i for i, ref in enumerate(data.refs) if ref.split == "test"]
+    test_sum = np.zeros((len(test), num_classes))
+    keys = [ref.path if data.from_files else digests[i] for i, ref in enumerate(data.refs)]
+    val_top1 = []
+    for fold in range(folds):
+        overrides = [*_train_overrides(), f"data.folds={folds}", f"data.fold={fold}", "logger=none"]
+        overrides += ["measure_cpu_speed=false", *extra]
+        run_dir = Path(cfg.paths.output_dir) / "folds" / str(fold)
+        log.info("audit: fold %d of %d: train.py %s", fold + 1, folds, " ".join(overrides))
+        fold_cfg = cell_config("train", overrides, run_dir, caller="audit")
+        val_top1.append(load_task("train")(fold_cfg).get("val/top1"))
+        saved = load_model(str(run_dir / "checkpoints" / "best.ckpt"))
+        datamodule = build_datamodule(
+            fold_cfg.data, pretrained_input_overrides(fold_cfg.data, fold_cfg.model)
+        )
+        unplaced: dict[str, list[int]] = {}
+        for index, ref in enumerate(data.refs):
+            if ref.split != "test":
+                unplaced.setdefault(keys[index], []).append(index)
+        held = _held_out_keys(datamodule.dataset("val"))
+        for key, row in zip(held, _probabilities(saved.module, datamodule.eval_loader("val")), strict=True):
+            probs[unplaced[key].pop(0)] = row
+        if test:
+            test_sum += _probabilities(saved.module, datamodule.eval_loader("test"))
+    if test:
+        probs[test] = test_sum / folds
+    if np.isnan(probs).any():  # every train/val image is in exactly one fold: ours to fix if not
+        raise RuntimeError("k-fold training left images without out-of-fold probabilities")
+    labels = torch.as_tensor(data.labels)
+    log_probs = torch.as_tensor(probs).clamp_min(1e-12).log()
+    top1 = float((log_probs.argmax(dim=1) == labels).double().mean())
+    nll = float(torch.nn.functional.nll_loss(log_probs, labels))
+    sweep = [{"fold": i, "val_top1": v} for i, v in enumerate(val_top1)]
+    seconds = time.perf_counter() - start
+    return OutOfSample(probs, folds, None, top1, nll, sweep, seconds, method="k-fold training")
 
 
 def fingerprints_of(data: AuditedData, load) -> list:
@@ -252,29 +329,35 @@ def audit(cfg: DictConfig) -> dict[str, float]:
     seconds["profile"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    pairs = find_duplicates(data.refs, fingerprints_of(data, load), settings["max_hamming_distance"])
+    fingerprints = fingerprints_of(data, load)
+    pairs = find_duplicates(data.refs, fingerprints, settings["max_hamming_distance"])
     seconds["hashes"] = time.perf_counter() - clock
 
-    features, labels, source, seconds["features"] = audit_features(
-        cfg, datamodule, splits, settings["method"]
-    )
-    if not torch.equal(labels, torch.as_tensor(data.labels)):  # one listing read twice: ours to fix
-        raise RuntimeError("the features' labels are not the listed images' labels")
-    if settings["min_cosine"] is not None and settings["method"] == "probe":
-        clock = time.perf_counter()
-        pairs = merged_pairs(pairs, feature_duplicates(data.refs, features.numpy(), settings["min_cosine"]))
-        seconds["feature_pairs"] = time.perf_counter() - clock
-
     folds = min(settings["folds"], len(data.labels))
-    out = cross_validated_probabilities(
-        features,
-        labels,
-        datamodule.num_classes,
-        folds,
-        settings["weight_decay"],
-        cfg.seed,
-        settings["max_iter"],
-    )
+    if settings["method"] == "kfold":
+        digests = [f.digest for f in fingerprints]
+        out = kfold_probabilities(cfg, data, digests, datamodule.num_classes, folds, settings["kfold"])
+        source = f"train.py on each fold's complement ({' '.join(settings['kfold']) or 'its defaults'})"
+    else:
+        features, labels, source, seconds["features"] = audit_features(
+            cfg, datamodule, splits, settings["method"]
+        )
+        if not torch.equal(labels, torch.as_tensor(data.labels)):  # one listing read twice: ours to fix
+            raise RuntimeError("the features' labels are not the listed images' labels")
+        if settings["min_cosine"] is not None and settings["method"] == "probe":
+            clock = time.perf_counter()
+            found = feature_duplicates(data.refs, features.numpy(), settings["min_cosine"])
+            pairs = merged_pairs(pairs, found)
+            seconds["feature_pairs"] = time.perf_counter() - clock
+        out = cross_validated_probabilities(
+            features,
+            labels,
+            datamodule.num_classes,
+            folds,
+            settings["weight_decay"],
+            cfg.seed,
+            settings["max_iter"],
+        )
     seconds["probabilities"] = out.seconds
     clock = time.perf_counter()
     findings = label_findings(data, out, settings["rank_by"], settings["label_splits"])

@@ -73,12 +73,13 @@ def _for_task(overrides: list[str], task: str) -> list[str]:
     return [o for o in overrides if _key(o).split(".")[0] in ("model", "clip", "data", "seed", "device")]
 
 
-def cell_config(task: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    """conf/<task>.yaml composed with `overrides`, writing into `output_dir`."""
+def cell_config(task: str, overrides: list[str], output_dir: Path, caller: str = "fewshot") -> DictConfig:
+    """conf/<task>.yaml composed with `overrides`, writing into `output_dir`; a mistake in them is one
+    line naming `caller` (the command that composed them)."""
     try:
         cfg = compose(config_name=task, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise UserError(f"fewshot: {task}.py {' '.join(overrides)}: {first_line_of(exc)}") from exc
+        raise UserError(f"{caller}: {task}.py {' '.join(overrides)}: {first_line_of(exc)}") from exc
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg
