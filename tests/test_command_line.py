@@ -48,7 +48,7 @@ def passes(config_name: str, *args: str) -> None:
         ("probe", "methd=knn", "method="),
         ("zeroshot", "class_name=[a,b]", "class_names="),
         ("fewshot", "shot=[1]", "shots="),
-        ("audit", "fold=3", "folds="),
+        ("audit", "duplicate.min_cosine=0.9", "duplicates.min_cosine="),
     ],
 )
 def test_a_misspelt_key_is_one_line_naming_the_closest_keys(tmp_path, config_name, arg, suggested):
