@@ -10,8 +10,9 @@ takes train images [skip, skip + train-per-class) and test images [0, test-per-c
 Half the leaked test images are byte copies, half re-encoded at JPEG quality 85; of each duplicated
 train image one copy is a byte copy and one is mirrored left-right. The audit runs as typed,
 `python audit.py data=imagefolder data.root=OUT/data ...`, in OUT/audit. With --before-after,
-train.py trains on the planted data with and without data.exclude=OUT/audit/issues.csv (same seed,
---train overrides) and prints both test top-1 figures on the same test split.
+train.py trains on the planted data with and without data.exclude= the audit's rows under train/
+(OUT/issues_train.csv, so the test folder stays whole), for each of --seeds, with the --train
+overrides, and prints test top-1 before and after on the same test split.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import csv
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -158,6 +160,52 @@ def score(issues_csv: Path, truth: dict) -> dict:
     }
 
 
+def train_rows_only(issues_csv: Path, data: Path, out: Path) -> Path:
+    """The rows of issues.csv whose `path` is under DATA/train: excluding them leaves the test folder
+    whole, so top-1 before and after is measured on the same test images."""
+    with issues_csv.open(newline="") as stream:
+        reader = csv.DictReader(stream)
+        rows = [row for row in reader if Path(row["path"]).is_relative_to(data / "train")]
+        columns = reader.fieldnames
+    with out.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+def before_after(args: argparse.Namespace, data: Path, issues_csv: Path) -> dict:
+    """train.py on the planted data without and with data.exclude (train's rows), each seed; the test
+    split is the same in both."""
+    train_issues = train_rows_only(issues_csv, data, args.out / "issues_train.csv")
+    found = {}
+    print("\n| seed | test top-1 before | test top-1 after data.exclude | train images before / after |")
+    print("|---|---|---|---|")
+    for seed in args.seeds:
+        row = {}
+        for name, extra in (("before", []), ("after", [f"data.exclude={train_issues}"])):
+            run_dir = args.out / f"train_{name}_seed{seed}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            command = [sys.executable, "train.py", "data=imagefolder", f"data.root={data}", f"seed={seed}"]
+            command += [*args.train, *extra, "logger=none", f"hydra.run.dir={run_dir}"]
+            took = run(command, args.out / f"train_{name}_seed{seed}.out")
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            card = (run_dir / "model_card.yaml").read_text()
+            train_images = re.search(r"^ +train: (\d+)$", card, re.M)
+            row[name] = {
+                "test_top1": metrics["test/top1"],
+                "train_images": int(train_images.group(1)) if train_images else None,
+                "seconds": round(took, 1),
+                "run_dir": str(run_dir),
+            }
+        found[seed] = row
+        print(
+            f"| {seed} | {row['before']['test_top1']:.4f} | {row['after']['test_top1']:.4f} |"
+            f" {row['before']['train_images']} / {row['after']['train_images']} |"
+        )
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -175,7 +223,8 @@ def main() -> None:
         "--audit", nargs="*", default=[], help="audit.py overrides (model=..., model.weights=...)"
     )
     parser.add_argument("--before-after", action="store_true")
-    parser.add_argument("--train", nargs="*", default=["trainer.max_epochs=10"], help="train.py overrides")
+    parser.add_argument("--train", nargs="*", default=["trainer.max_epochs=20"], help="train.py overrides")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2])
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     truth = plant(
@@ -238,38 +287,7 @@ def main() -> None:
         print(f"missed: {pair[0]} <-> {pair[1]}")
     print(f"audit.py: {seconds:.1f} s for the command; stages: {result['audit_stage_seconds']}")
     if args.before_after:
-        result["before_after"] = {}
-        for name, extra in (("before", []), ("after", [f"data.exclude={audit_dir / 'issues.csv'}"])):
-            run_dir = args.out / f"train_{name}"
-            shutil.rmtree(run_dir, ignore_errors=True)
-            took = run(
-                [
-                    sys.executable,
-                    "train.py",
-                    "data=imagefolder",
-                    f"data.root={data}",
-                    *args.train,
-                    *extra,
-                    "logger=none",
-                    f"hydra.run.dir={run_dir}",
-                ],
-                args.out / f"train_{name}.out",
-            )
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-            card = (run_dir / "model_card.yaml").read_text()
-            result["before_after"][name] = {
-                "test_top1": metrics.get("test/top1"),
-                "seconds": round(took, 1),
-                "run_dir": str(run_dir),
-            }
-            print(
-                f"train.py {name} data.exclude: test top-1 {metrics.get('test/top1'):.4f} ({took:.0f} s)"
-                + (
-                    f"\n  model card: {[line.strip() for line in card.splitlines() if 'images' in line][:6]}"
-                    if extra
-                    else ""
-                )
-            )
+        result["before_after"] = before_after(args, data, audit_dir / "issues.csv")
     (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
