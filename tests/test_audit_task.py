@@ -141,6 +141,20 @@ def test_a_backbone_s_features_give_the_probabilities_and_the_cosine_pairs(tmp_p
 
 
 @pytest.mark.long
+def test_a_cosine_threshold_that_pairs_look_alikes_is_warned_about(tmp_path, planted, caplog):
+    weights = tmp_path / "cnn.pth"
+    torch.manual_seed(0)
+    torch.save(ScratchCNN(num_classes=3, width=8).state_dict(), weights)
+    common = ["data=imagefolder", f"data.root={planted['root']}", "model=scratch_cnn", "model.width=8"]
+    with caplog.at_level(logging.WARNING, logger="classifier.tasks.audit"):
+        out, loose = run_audit(tmp_path, *common, f"model.weights={weights}", "duplicates.min_cosine=0.01")
+    warned = [r.getMessage() for r in caplog.records if "features alone" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("duplicates.min_cosine=0.01 found ")
+    images = sum(json.loads((out / "audit.json").read_text())["split_sizes"].values())
+    assert loose["duplicates"] + loose["leaks"] == images * (images - 1) // 2  # every pair, as asked
+
+
+@pytest.mark.long
 def test_kfold_training_gives_every_image_an_out_of_fold_probability(tmp_path, planted, caplog):
     """method=kfold: a train.py run per fold, composed inside audit.py as the command line composes it
     (Hydra's compose API within an initialised config search path)."""

@@ -260,6 +260,19 @@ def fingerprints_of(data: AuditedData, load) -> list:
     return [fingerprint(load(ref.path)) for ref in data.refs]
 
 
+def _warn_if_class_clusters(feature_pairs: int, images: int, settings: dict[str, Any]) -> None:
+    """A threshold that pairs many images picks out same-class look-alikes, not copies."""
+    if feature_pairs > max(10, images // 20):
+        log.warning(
+            "duplicates.min_cosine=%s found %d pairs by features alone among %d images: this backbone's"
+            " features are close within a class; look at the lowest-scoring pairs in audit.html and raise"
+            " duplicates.min_cosine (or null: no feature search)",
+            settings["min_cosine"],
+            feature_pairs,
+            images,
+        )
+
+
 def merged_pairs(first: list[DuplicatePair], more: list[DuplicatePair]) -> list[DuplicatePair]:
     """`first`, then the pairs of `more` whose two images are not already paired."""
     seen = {frozenset((p.path, p.other_path)) for p in first}
@@ -347,6 +360,7 @@ def audit(cfg: DictConfig) -> dict[str, float]:
         if settings["min_cosine"] is not None and settings["method"] == "probe":
             clock = time.perf_counter()
             found = feature_duplicates(data.refs, features.numpy(), settings["min_cosine"])
+            _warn_if_class_clusters(len(merged_pairs(pairs, found)) - len(pairs), len(data.refs), settings)
             pairs = merged_pairs(pairs, found)
             seconds["feature_pairs"] = time.perf_counter() - clock
         out = cross_validated_probabilities(
