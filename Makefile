@@ -19,7 +19,7 @@ FLOORS_PYTHON ?= $(or $(shell for p in python$(OLDEST_PYTHON) $$HOME/.pyenv/vers
 CIFAR10_JPG ?= /tmp/cifar10-jpg
 CIFAR10_TAR ?= ../shared/data/cifar10-jpg.tar.gz
 
-.PHONY: install install-dev train test test-fast test-slow test-trackers test-all test-floors constraints lint format bench bench-tutorial bench-speedrun clean
+.PHONY: install install-dev train test test-fast test-slow test-trackers test-slurm test-all test-floors constraints lint format bench bench-tutorial bench-speedrun clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,14 +47,15 @@ PYTEST_PROCESSES ?= 3
 
 # The suite in pytest's own processes: every test but those that start Python interpreters (`process`:
 # the commands as typed, sweeps, launchers, DDP), read real data or run long (`slow`), or need a
-# tracking server (`tracker`). Those are `make test-slow` and `make test-trackers`; CI runs all three.
-test: $(DEV_STAMP)  ## the tests in pytest's processes (not slow, process or tracker), within 5 minutes on 2 cores
-	$(BIN)/python -m pytest -n $(PYTEST_PROCESSES) -m "not slow and not process and not tracker" $(ARGS)
+# tracking server (`tracker`) or a SLURM cluster (`slurm`). Those are `make test-slow`, `make
+# test-trackers` and `make test-slurm`; CI runs all four.
+test: $(DEV_STAMP)  ## the tests in pytest's processes (not slow, process, tracker or slurm), within 5 minutes on 2 cores
+	$(BIN)/python -m pytest -n $(PYTEST_PROCESSES) -m "not slow and not process and not tracker and not slurm" $(ARGS)
 
 # The commands as typed in their own interpreters (README's, sweeps, launchers, Optuna, DDP, SIGTERM
 # and kill -9, the installed wheel) and the long or real-data runs (those skip without their data).
 test-slow: $(DEV_STAMP)  ## the commands as typed in their own interpreters, real data, long runs
-	$(BIN)/python -m pytest -n $(PYTEST_PROCESSES) -m "(slow or process) and not tracker" $(ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_PROCESSES) -m "(slow or process) and not tracker and not slurm" $(ARGS)
 
 # logger=mlflow against a real `mlflow server` it starts (train.py, a sweep, a resumed run, Optuna,
 # eval.py, as typed), and the MLflow UI's runs table in headless Chromium (those two skip without
@@ -62,8 +63,16 @@ test-slow: $(DEV_STAMP)  ## the commands as typed in their own interpreters, rea
 test-trackers: $(DEV_STAMP)  ## the trackers' tests: a real MLflow server, its UI in headless Chromium
 	$(BIN)/python -m pytest -m tracker $(ARGS)
 
-test-all: $(DEV_STAMP)  ## every test: make test, test-slow and test-trackers in one pytest run
-	$(BIN)/python -m pytest -n $(PYTEST_PROCESSES) $(ARGS)
+# Through a real SLURM scheduler: a one-machine cluster (scripts/local_slurm.py: munged, slurmctld and
+# slurmd with their files in a temporary folder) started for the session and stopped after it, a batch
+# job, the `hydra/launcher=slurm trainer=slurm` sweep, a requeued job, one DDP job of two tasks and a
+# failing job (docs/cluster.md). As root it installs slurm-wlm and
+# munge with apt-get when missing; otherwise the tests skip without them. One process: one cluster.
+test-slurm: $(DEV_STAMP)  ## the SLURM tests: a one-machine cluster it starts and stops; a sweep, a requeue, DDP through sbatch
+	$(BIN)/python -m pytest -p no:xdist -m slurm $(ARGS)
+
+test-all: $(DEV_STAMP)  ## every test but the SLURM ones: make test, test-slow and test-trackers in one pytest run
+	$(BIN)/python -m pytest -n $(PYTEST_PROCESSES) -m "not slurm" $(ARGS)
 
 # The inner loop while changing the code: the tests that start no Python process (`process`: a root
 # script as typed, a sweep, DDP) and read no real data (`slow`), less the in-process ones that cost
@@ -71,7 +80,7 @@ test-all: $(DEV_STAMP)  ## every test: make test, test-slow and test-trackers in
 # small_digits_run still trains, evaluates, predicts and exports). 359 of 446 tests; 351 of 427 took
 # 64 s wall, 114 s of CPU on 2 idle AVX512 cores (docs/performance.md#the-test-suite).
 test-fast: $(DEV_STAMP)  ## the fast tests, about a minute: not slow, not process, not long
-	$(BIN)/python -m pytest -n $(PYTEST_PROCESSES) -m "not slow and not process and not long" $(ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_PROCESSES) -m "not slow and not process and not long and not slurm" $(ARGS)
 
 # A fresh venv holding exactly the floors (torch's is a download of ~3 GB when not cached).
 $(FLOORS_VENV)/.installed: pyproject.toml $(FLOORS) .ci/check_floors.py
@@ -84,7 +93,7 @@ $(FLOORS_VENV)/.installed: pyproject.toml $(FLOORS) .ci/check_floors.py
 	touch $@
 
 test-floors: $(FLOORS_VENV)/.installed  ## the fast tests on the oldest versions pyproject.toml allows
-	$(FLOORS_VENV)/bin/python -m pytest -n $(PYTEST_PROCESSES) -m "not slow and not tracker" $(ARGS)
+	$(FLOORS_VENV)/bin/python -m pytest -n $(PYTEST_PROCESSES) -m "not slow and not tracker and not slurm" $(ARGS)
 
 constraints:  ## re-resolve constraints.txt: pyproject's ranges into a fresh venv, frozen
 	rm -rf .venv-constraints

@@ -1,6 +1,7 @@
 """Shared fixtures: configs composed with Hydra's compose API as users override them, generated
 image folders, trained runs shared by the tests that need a checkpoint (the default 10-epoch one, and a
-cheap one for the fast tests), and a callback that records what a run did batch by batch.
+cheap one for the fast tests), a callback that records what a run did batch by batch, and a one-machine
+SLURM cluster for the tests marked `slurm` (scripts/local_slurm.py).
 
 torch and Lightning are imported where they are used, not at the top: `pytest -n` loads this file in
 its controller too, before it starts any worker, and that import alone is seconds of CPU."""
@@ -147,6 +148,40 @@ def write_cifar_batches(
     with open(folder / torchvision_dataset.meta["filename"], "wb") as f:
         pickle.dump({torchvision_dataset.meta["key"]: names}, f)
     return names
+
+
+def local_slurm():
+    """scripts/local_slurm.py as a module (scripts/ is no package): start(dir), stop(dir)."""
+    import importlib.util
+    import sys
+
+    if "local_slurm" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("local_slurm", REPO / "scripts" / "local_slurm.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["local_slurm"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["local_slurm"]
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A one-machine SLURM cluster (munged, slurmctld, slurmd; node `hostname -s`, partition debug)
+    with all its files in a temporary folder, stopped after the session. Yields the environment for
+    the client commands and the processes that submit jobs (os.environ with SLURM_CONF). Installs
+    slurm-wlm and munge with apt-get when they are missing and the tests run as root; skips otherwise."""
+    cluster = local_slurm()
+    missing = cluster.missing_binaries()
+    if missing and not cluster.can_install():
+        pytest.skip(f"no SLURM here ({', '.join(missing)} missing): apt-get install slurm-wlm munge as root")
+    folder = tmp_path_factory.mktemp("slurm")
+    try:
+        variables = cluster.start(folder)
+    except cluster.ClusterError as e:
+        pytest.fail(f"the local SLURM cluster did not start: {e}", pytrace=False)
+    try:
+        yield {**os.environ, **variables}
+    finally:
+        cluster.stop(folder)
 
 
 @pytest.fixture(scope="session")

@@ -154,7 +154,7 @@ def test_a_cosine_threshold_that_pairs_look_alikes_is_warned_about(tmp_path, pla
     assert loose["duplicates"] + loose["leaks"] == images * (images - 1) // 2  # every pair, as asked
 
 
-@pytest.mark.long
+@pytest.mark.slow  # 5 trainings: in make test-slow, the probe and pixel audits stay in make test
 def test_kfold_training_gives_every_image_an_out_of_fold_probability(tmp_path, planted, caplog):
     """method=kfold: a train.py run per fold, composed inside audit.py as the command line composes it
     (Hydra's compose API within an initialised config search path)."""

@@ -197,6 +197,24 @@ def test_every_trainer_config_builds_its_trainer(trainer, tmp_path, monkeypatch)
         assert built.max_epochs == 10 and built.limit_train_batches == 1.0
 
 
+def test_sync_batchnorm_on_the_cpu_is_one_line_before_any_process_starts(tmp_path):
+    # trainer=slurm on a cluster without GPUs, as docs/cluster.md shows it, less the last override
+    cfg = compose_config(
+        "train",
+        tmp_path,
+        ["trainer=slurm", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0"]
+        + ["hydra.launcher.tasks_per_node=2", "trainer.accelerator=cpu"],
+        quiet=False,
+    )
+    assert cfg.trainer.devices == 2  # one process per SLURM task
+    with pytest.raises(UserError) as error:
+        build_trainer(cfg, with_loggers=False)
+    assert str(error.value) == (
+        "trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm runs on CUDA only):"
+        " with trainer.accelerator=cpu set trainer.sync_batchnorm=false"
+    )
+
+
 # -- each debug option, run -----------------------------------------------------------------------
 
 

@@ -121,7 +121,7 @@ def _mlflow_run(store: Path):
     return client, experiment, run
 
 
-@pytest.mark.long
+@pytest.mark.slow  # 25 s on 2 cores: in make test-slow, wandb's offline run stays in make test
 def test_a_run_logs_to_a_local_mlflow_store_resumes_into_the_same_run_and_eval_adds_to_it(tmp_path):
     from classifier.tasks.evaluate import evaluate
     from classifier.tasks.predict import predict

@@ -59,6 +59,8 @@ class StopAt(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler stops before the next batch
         elif self.how == "sigusr1":
             os.kill(os.getpid(), signal.SIGUSR1)  # SLURM's warning before a time limit or preemption
+        elif self.how == "sigusr2":
+            os.kill(os.getpid(), signal.SIGUSR2)  # the same warning as submitit asks SLURM for it
         else:
             raise KeyboardInterrupt
 
@@ -410,6 +412,39 @@ def test_sigusr1_under_slurm_saves_last_ckpt_and_requeues_the_job(compose_train,
     assert (tmp_path / "scontrol.args").read_text().strip() == "requeue 4242"
     assert (last_checkpoint(tmp_path / "run")["global_step"]) == 2
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # put back after training
+
+
+def test_submitit_s_sigusr2_stops_training_then_goes_to_submitit_s_handler(compose_train, tmp_path):
+    # What submitit installs in a job of hydra/launcher=slurm: its requeue handler on SIGUSR2.
+    calls = []
+
+    def submitit_handler(signum, frame):
+        calls.append(signum)
+
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        stop = ["+callbacks.stop._target_=test_trust.StopAt", "+callbacks.stop.epoch=0"]
+        with pytest.raises(RunInterrupted) as stopped:
+            train(
+                compose_train(
+                    *SHORT,
+                    "trainer.max_epochs=2",
+                    *stop,
+                    "+callbacks.stop.batch=1",
+                    "+callbacks.stop.how=sigusr2",
+                )
+            )
+        assert signal.getsignal(signal.SIGUSR2) is submitit_handler  # put back after training
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    message = str(stopped.value)
+    assert (
+        message.startswith("stopped by SIGUSR2: saved ")
+        and "handed to the previous SIGUSR2 handler" in message
+    )
+    assert stopped.value.exit_status == 128 + signal.SIGUSR2
+    assert calls == [signal.SIGUSR2]  # after last.ckpt was written, once
+    assert last_checkpoint(tmp_path / "run")["global_step"] == 2
 
 
 @pytest.mark.long

@@ -19,7 +19,7 @@ def saved_config(run_dir, name="last.ckpt"):
     return torch.load(run_dir / "checkpoints" / name, weights_only=True)["classifier"]["config"]
 
 
-@pytest.mark.long  # two whole epochs of digits
+@pytest.mark.slow  # two whole epochs of digits: in make test-slow, the lr finder stays in make test
 def test_the_batch_size_found_is_trained_with_and_kept_on_resume(compose_train, tmp_path, caplog):
     run_dir = tmp_path / "run"
     train(compose_train(*SHORT, "tune.batch_size=true", "tune.max_batch_trials=2"))

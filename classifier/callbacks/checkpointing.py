@@ -114,9 +114,14 @@ class RunMetadata(L.Callback):
 
 def position_in_epoch(trainer: L.Trainer) -> str:
     """Where training stands within its epoch, as the Ctrl-C message and the resume line both say it:
-    "epoch 2/3, 3 of its 4 batches done" (1-based epoch)."""
+    "epoch 2/3, 3 of its 4 batches done" (1-based epoch), or "epoch 2/3 done" between two epochs."""
     done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
     batches = trainer.num_training_batches
+    epochs = trainer.fit_loop.epoch_progress.current
+    if math.isfinite(batches) and done >= batches and epochs.completed == epochs.processed > 0:
+        # between epochs: the finished one counted as completed, its batch counts not yet reset
+        limit = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        return f"epoch {epochs.completed}{limit} done"
     of = f" of its {batches}" if math.isfinite(batches) else ""
     return f"epoch {epoch_of(trainer)}, {done}{of} batches done"
 

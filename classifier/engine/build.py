@@ -18,7 +18,7 @@ from classifier.data.transforms import is_small
 from classifier.engine.devices import warn_if_cpu_processes_exceed_cores
 from classifier.engine.distillation import Distillation
 from classifier.engine.module import ClassifierModule
-from classifier.engine.precision import check_accelerator, precision_arguments
+from classifier.engine.precision import check_accelerator, check_sync_batchnorm, precision_arguments
 from classifier.errors import UserError, call_configured
 from classifier.models import check_model_name, pretrained_input
 from classifier.run.checkpoints import AtomicCheckpointIO
@@ -132,6 +132,7 @@ def build_trainer(
         # returns into a log file or a pipe, where this one turns itself off
         callbacks.append(CompactProgressBar())
     check_accelerator(cfg.trainer.get("accelerator"))
+    check_sync_batchnorm(cfg.trainer.get("sync_batchnorm"), cfg.trainer.get("accelerator"))
     create_trainer = instantiate(cfg.trainer, _partial_=True)
     precision = precision_arguments(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
     arguments = {

@@ -79,3 +79,16 @@ def check_accelerator(accelerator: str | None) -> None:
             f"trainer.accelerator={accelerator} but torch finds no GPU on this machine:"
             " use trainer=cpu (or trainer.accelerator=auto, which takes a GPU when there is one)"
         )
+
+
+def check_sync_batchnorm(sync_batchnorm: object, accelerator: str | None) -> None:
+    """Raises UserError for SyncBatchNorm on the CPU: torch's layer is CUDA-only, and it fails with a
+    ValueError only once the processes have started (trainer=ddp and trainer=slurm turn it on)."""
+    on_cpu = str(accelerator).lower() == "cpu" or (
+        str(accelerator).lower() == "auto" and not torch.cuda.is_available()
+    )
+    if sync_batchnorm and on_cpu:
+        raise UserError(
+            "trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm runs on CUDA only):"
+            f" with trainer.accelerator={accelerator} set trainer.sync_batchnorm=false"
+        )

@@ -1,12 +1,17 @@
-"""Preemption: SIGUSR1 (what SLURM sends before a time limit or a preemption, with `--signal`, and what
-submitit asks for) stops training the way SIGTERM does, with last.ckpt saved where training stood,
-and then has the job requeued, so the same command resumes it.
+"""Preemption: the signal SLURM sends before a time limit or a preemption (`--signal`) stops training
+the way SIGTERM does, with last.ckpt saved where training stood, and then has the job requeued, so
+the same command resumes it.
 
-Lightning handles SIGTERM (stop at the next step; CheckpointOnInterrupt saves last.ckpt). SIGUSR1
-is turned into that same stop. After it, the job is requeued: by the SIGUSR1 handler that was there
-before (submitit's, which resubmits the Hydra job), else by `scontrol requeue $SLURM_JOB_ID` when
-running under SLURM. Lightning's own SLURM auto-requeue is not used: it saves an hpc_ckpt that this
-project's resume does not read, and requeues without stopping training.
+Two signals are taken for it: SIGUSR1, the usual choice with plain sbatch (`--signal=USR1@120`), and
+the one submitit asks SLURM for under hydra/launcher=slurm (SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL
+says otherwise; submitit avoids SIGUSR1, which NCCL may take).
+
+Lightning handles SIGTERM (stop at the next step; CheckpointOnInterrupt saves last.ckpt). The
+preemption signal is turned into that same stop. After it, the job is requeued: by the handler that
+was there before (submitit's, which requeues the Hydra job and exits), else by
+`scontrol requeue $SLURM_JOB_ID` when running under SLURM. Lightning's own SLURM auto-requeue is not
+used: it saves an hpc_ckpt that this project's resume does not read, and requeues without stopping
+training.
 """
 
 from __future__ import annotations
@@ -26,25 +31,47 @@ log = logging.getLogger(__name__)
 SIGUSR1_EXIT = 128 + 10  # as a shell reports a process ended by SIGUSR1
 
 
+def preemption_signals() -> list[signal.Signals]:
+    """SIGUSR1 and submitit's preemption signal (SUBMITIT_PREEMPT_SIGNAL, by default USR2)."""
+    submitit = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")
+    found = [signal.SIGUSR1, getattr(signal, f"SIG{submitit}", signal.SIGUSR2)]
+    return list(dict.fromkeys(found))
+
+
 class Preemption:
-    """Whether SIGUSR1 arrived during training, and what to call to requeue the job afterwards."""
+    """Whether a preemption signal arrived during training, and what to call afterwards to requeue
+    the job."""
 
     def __init__(self) -> None:
-        self.received = False
-        self.previous: Any = signal.SIG_DFL
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    @property
+    def received(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + (self.signum or signal.SIGUSR1)  # as a shell reports a process ended by it
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received:
             return
-        self.received = True
-        log.info("SIGUSR1: stopping at the next step; last.ckpt is saved and the job requeued")
+        self.signum = signum
+        log.info("%s: stopping at the next step; last.ckpt is saved and the job requeued", self.name)
         os.kill(os.getpid(), signal.SIGTERM)  # Lightning's stop, and CheckpointOnInterrupt's save
 
     def requeue(self) -> str:
         """Requeue the job; returns what was done, for the log."""
-        if callable(self.previous):  # submitit's handler: it resubmits the job and exits
-            self.previous(signal.SIGUSR1, None)
-            return "handed to the previous SIGUSR1 handler"
+        previous = self.previous.get(self.signum) if self.signum is not None else None
+        if callable(previous):  # submitit's handler: it requeues the job and exits
+            log.info("handing %s to the handler that was there before training (submitit's)", self.name)
+            previous(self.signum, None)
+            return f"handed to the previous {self.name} handler"
         job_id = slurm_job_id()
         if job_id is None:
             return "not under SLURM: not requeued"
@@ -69,15 +96,17 @@ def slurm_job_id() -> str | None:
 
 
 @contextlib.contextmanager
-def sigusr1_stops_training(preemption: Preemption) -> Iterator[Preemption]:
-    """Handle SIGUSR1 with `preemption` while training; the previous handler comes back after."""
+def preemption_stops_training(preemption: Preemption) -> Iterator[Preemption]:
+    """Handle the preemption signals with `preemption` while training; the previous handlers come
+    back after."""
     # Windows has no SIGUSR1; and only the main thread may set handlers (a launcher's thread may not).
     if not hasattr(signal, "SIGUSR1") or threading.current_thread() is not threading.main_thread():
         yield preemption
         return
-    preemption.previous = signal.getsignal(signal.SIGUSR1)
-    signal.signal(signal.SIGUSR1, preemption.handle)
+    for signum in preemption_signals():
+        preemption.previous[signum] = signal.signal(signum, preemption.handle)
     try:
         yield preemption
     finally:
-        signal.signal(signal.SIGUSR1, preemption.previous)
+        for signum, handler in preemption.previous.items():
+            signal.signal(signum, handler)

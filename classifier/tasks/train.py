@@ -1,5 +1,6 @@
 """train.py as a function of its composed config: fit, evaluate the best checkpoint, write the run's
-reports and model card; Ctrl-C, SIGTERM and SIGUSR1 save last.ckpt and say how to resume."""
+reports and model card; Ctrl-C, SIGTERM and the preemption signals (SIGUSR1, submitit's SIGUSR2) save
+last.ckpt and say how to resume."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ from classifier.run.checkpoints import (
     save_with_temperature,
 )
 from classifier.run.directory import check_writable, run_dir_lock
-from classifier.run.preemption import SIGUSR1_EXIT, Preemption, sigusr1_stops_training
+from classifier.run.preemption import Preemption, preemption_stops_training
 from classifier.run.trackers import trackers_of
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         logger.log_hyperparams(config)
     preemption = Preemption()
     try:
-        with sigusr1_stops_training(preemption):
+        with preemption_stops_training(preemption):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         training = {  # read now: evaluating replaces the trainer's train metrics
             "seconds": round(metadata.train_seconds, 1),
@@ -194,8 +195,12 @@ def _interrupted(
     else:
         state = "no checkpoint yet"
     resume = f"resume with: {resume_command(output_dir)}"
-    if preemption.received:  # SIGUSR1 stopped it through Lightning's SIGTERM path
-        return RunInterrupted(f"stopped by SIGUSR1: {state}; {preemption.requeue()}; {resume}", SIGUSR1_EXIT)
+    if preemption.received:  # SIGUSR1 or submitit's signal stopped it through Lightning's SIGTERM path
+        # said before requeueing: submitit's handler requeues and exits the process
+        log.info("%s: %s; requeueing the job", preemption.name, state)
+        return RunInterrupted(
+            f"stopped by {preemption.name}: {state}; {preemption.requeue()}; {resume}", preemption.exit_status
+        )
     signal_name = "SIGTERM" if sigterm else "Ctrl-C"
     return RunInterrupted(
         f"stopped by {signal_name}: {state}; {resume}", SIGTERM_EXIT if sigterm else CTRL_C_EXIT
