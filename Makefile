@@ -19,7 +19,7 @@ FLOORS_PYTHON ?= $(or $(shell for p in python$(OLDEST_PYTHON) $$HOME/.pyenv/vers
 CIFAR10_JPG ?= /tmp/cifar10-jpg
 CIFAR10_TAR ?= ../shared/data/cifar10-jpg.tar.gz
 
-.PHONY: install install-dev train test test-fast test-slow test-trackers test-slurm test-all test-floors constraints lint format bench bench-tutorial bench-speedrun clean
+.PHONY: install install-dev train test test-fast test-slow test-trackers test-slurm test-all test-floors constraints lint format bench bench-tutorial bench-speedrun gpu-wheels gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -126,6 +126,19 @@ bench-tutorial: $(DEV_STAMP) $(CIFAR10_JPG)  ## train.py vs the tutorial loop a 
 
 bench-speedrun: $(DEV_STAMP) $(CIFAR10_JPG)  ## GPU: experiment=cifar10_speedrun vs airbench94 side by side (pip install airbench); no GPU: ARGS="--device cpu --runs 1"
 	$(BIN)/python benchmarks/speedrun_vs_airbench.py --data $(CIFAR10_JPG) $(ARGS)
+
+# A GPU machine that reaches no registry has torch, Lightning, timm, torchmetrics and TensorBoard but
+# not Hydra, OmegaConf (and its antlr4 runtime) or airbench: their pure-Python wheels, at
+# constraints.txt's versions, made here into .whl/ (git-ignored) to carry there.
+GPU_WHEELS = hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 airbench==0.1.8
+gpu-wheels: $(BIN)/python  ## here: .whl/, the wheels a bare GPU machine lacks (make gpu-check installs them there)
+	$(BIN)/python -m pip wheel --no-deps --wheel-dir .whl $(GPU_WHEELS)
+
+# On the GPU machine, with its own python3 (no venv): the `gpu` tests, the speed run against
+# airbench94, experiment=cifar10_resnet18's epoch time, bf16 throughput against timm's benchmark.py;
+# one table (gpu-check/gpu_check.md). ARGS="--cifar-tar cifar10-jpg.tar.gz --timm-benchmark benchmark.py".
+gpu-check:  ## on a GPU machine: the gpu tests and the speed runs in one go, one table (benchmarks/gpu_check.py)
+	python3 benchmarks/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

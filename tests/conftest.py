@@ -51,6 +51,20 @@ def compose_config(
     return cfg
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` skip on a machine without CUDA (as Lightning's RunIf(min_cuda_gpus=1))."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_tests:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: make gpu-check on a machine with one")
+    for item in gpu_tests:
+        item.add_marker(skip)
+
+
 @pytest.fixture
 def compose_train(tmp_path: Path) -> Callable[..., DictConfig]:
     def _compose(*overrides: str, output_dir: Path | None = None) -> DictConfig:
