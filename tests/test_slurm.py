@@ -26,19 +26,12 @@ import lightning as L
 import pytest
 import torch
 from conftest import REPO, recomputed_metrics
+from test_sweeps import TINY_JOB as FEW_BATCHES
 
 pytestmark = [pytest.mark.process, pytest.mark.slurm]
 
-# tests/test_sweeps.py's TINY_JOB: a few batches on a narrow scratch_cnn.
-TINY_JOB = [
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1",
-    "trainer.limit_test_batches=1",
-    "model.width=8",
-    "logger=none",
-    "measure_cpu_speed=false",
-]
+# One epoch of tests/test_sweeps.py's few batches on a narrow scratch_cnn.
+TINY_JOB = ["trainer.max_epochs=1", *FEW_BATCHES]
 # A CPU-only cluster: no GPUs asked of SLURM, one process per job on the CPU.
 CPU_CLUSTER = [
     "hydra.launcher.gpus_per_node=0",
@@ -60,6 +53,14 @@ def sweep_command(sweep: Path, *overrides: str) -> list[str]:
         *overrides,
         f"hydra.sweep.dir={sweep}",
     ]
+
+
+def run_sweep(env: dict[str, str], sweep: Path, *overrides: str, timeout: float = 300) -> tuple[int, str]:
+    """The sweep command as a user types it, from the repository root; exit status and output."""
+    result = subprocess.run(
+        sweep_command(sweep, *overrides), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    return result.returncode, result.stdout + result.stderr
 
 
 def slurm(env: dict[str, str], *command: str) -> str:
@@ -108,26 +109,8 @@ def test_the_cluster_is_up_and_runs_a_batch_job(slurm_cluster, tmp_path):
 def test_the_readme_slurm_sweep_runs_each_job_through_the_scheduler(slurm_cluster, tmp_path):
     sweep = tmp_path / "sweep"
     started = time.monotonic()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            "hydra/launcher=slurm",
-            "trainer=slurm",
-            "seed=1,2",
-            *CPU_CLUSTER,
-            *TINY_JOB,
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=REPO,
-        env=slurm_cluster,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
+    status, output = run_sweep(slurm_cluster, sweep, "seed=1,2", *CPU_CLUSTER, *TINY_JOB)
+    assert status == 0, output[-4000:]
     print(f"the sweep took {time.monotonic() - started:.0f} s")
 
     # one array job of two tasks, submitted by submitit: .submitit/<array id>_<task>/ per task
@@ -273,29 +256,23 @@ def test_one_job_of_two_tasks_is_one_ddp_run_that_counts_every_image_once(slurm_
     through Lightning's SLURM environment: one run folder, reports written once by rank 0, and the
     metrics those of a one-process evaluation of the checkpoint on whole splits."""
     sweep = tmp_path / "sweep"
-    result = subprocess.run(
-        sweep_command(
-            sweep,
-            "seed=1",
-            *[o for o in CPU_CLUSTER if not o.startswith("hydra.launcher.tasks_per_node")],
-            "hydra.launcher.tasks_per_node=2",
-            "trainer.max_epochs=1",
-            "trainer.limit_train_batches=2",
-            "data.batch_size=20",
-            "data.folds=3",  # val 479 images: a DistributedSampler would pad it to 480
-            "data.fold=0",
-            "model.width=8",
-            "logger=none",
-            "measure_cpu_speed=false",
-        ),
-        cwd=REPO,
-        env=slurm_cluster,
-        capture_output=True,
-        text=True,
+    status, output = run_sweep(
+        slurm_cluster,
+        sweep,
+        "seed=1",
+        *[o for o in CPU_CLUSTER if not o.startswith("hydra.launcher.tasks_per_node")],
+        "hydra.launcher.tasks_per_node=2",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "data.batch_size=20",
+        "data.folds=3",  # val 479 images: a DistributedSampler would pad it to 480
+        "data.fold=0",
+        "model.width=8",
+        "logger=none",
+        "measure_cpu_speed=false",
         timeout=400,
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
+    assert status == 0, output[-4000:]
     (task,) = [p for p in (sweep / ".submitit").iterdir() if p.name.isdigit()]  # one job: no array
     (record,) = show_job(slurm_cluster, task.name)
     assert (record["JobState"], record["NumTasks"]) == ("COMPLETED", "2")
@@ -324,16 +301,14 @@ def test_one_job_of_two_tasks_is_one_ddp_run_that_counts_every_image_once(slurm_
 
 def test_a_job_that_fails_is_listed_as_failed_and_the_others_run(slurm_cluster, tmp_path):
     sweep = tmp_path / "sweep"
-    result = subprocess.run(
-        sweep_command(sweep, "optimizer.lr=3e-3,-1", *CPU_CLUSTER, *TINY_JOB),  # -1: torch refuses it
-        cwd=REPO,
-        env=slurm_cluster,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    status, output = run_sweep(
+        slurm_cluster,
+        sweep,
+        "optimizer.lr=3e-3,-1",  # -1: torch refuses it
+        *CPU_CLUSTER,
+        *TINY_JOB,
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 1 and "Invalid learning rate: -1" in output, output[-4000:]
+    assert status == 1 and "Invalid learning rate: -1" in output, output[-4000:]
     with open(sweep / "summary.csv", newline="") as f:
         rows = {r["optimizer.lr"]: r for r in csv.DictReader(f)}
     assert (rows["0.003"]["status"], rows["-1"]["status"]) == ("completed", "failed")
