@@ -65,6 +65,11 @@ class Preemption:
         log.info("%s: stopping at the next step; last.ckpt is saved and the job requeued", self.name)
         os.kill(os.getpid(), signal.SIGTERM)  # Lightning's stop, and CheckpointOnInterrupt's save
 
+    @property
+    def requeues(self) -> bool:
+        """Whether requeue() will requeue: a handler was there before, or the job runs under SLURM."""
+        return callable(self.previous.get(self.signum)) or slurm_job_id() is not None
+
     def requeue(self) -> str:
         """Requeue the job; returns what was done, for the log."""
         previous = self.previous.get(self.signum) if self.signum is not None else None

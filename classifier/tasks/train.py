@@ -196,8 +196,8 @@ def _interrupted(
         state = "no checkpoint yet"
     resume = f"resume with: {resume_command(output_dir)}"
     if preemption.received:  # SIGUSR1 or submitit's signal stopped it through Lightning's SIGTERM path
-        # said before requeueing: submitit's handler requeues and exits the process
-        log.info("%s: %s; requeueing the job", preemption.name, state)
+        if preemption.requeues:  # said first: submitit's handler requeues and exits the process
+            log.info("%s: %s; requeueing the job", preemption.name, state)
         return RunInterrupted(
             f"stopped by {preemption.name}: {state}; {preemption.requeue()}; {resume}", preemption.exit_status
         )
