@@ -265,7 +265,7 @@ def test_debug_fdr_runs_one_batch_of_each_split_and_writes_nothing(compose_train
     assert run_dir_files(tmp_path / "run") == []  # no checkpoints, reports or logger files
 
 
-@pytest.mark.long
+@pytest.mark.slow  # a whole run: make test-slow; trainer=debug's default run stays in make test
 def test_debug_limit_runs_the_limited_batches_each_epoch(compose_train, tmp_path, recorders):
     # batches of 8, so every split is longer than its limit (train 143, val 36, test 45 batches)
     train(compose_train("debug=limit", *SMALL, "trainer.detect_anomaly=false", RECORD))
@@ -279,7 +279,7 @@ def test_debug_limit_runs_the_limited_batches_each_epoch(compose_train, tmp_path
     assert "split: test (40 images)" in (tmp_path / "run" / "report.txt").read_text()
 
 
-@pytest.mark.long
+@pytest.mark.slow  # a whole run: make test-slow; trainer=debug's default run stays in make test
 def test_debug_overfit_trains_on_the_same_batches_and_drives_the_loss_down(compose_train, recorders):
     shorter = [
         "data.batch_size=8",
@@ -298,7 +298,7 @@ def test_debug_overfit_trains_on_the_same_batches_and_drives_the_loss_down(compo
     assert recorder.train_loss[-1] < 0.3 * recorder.train_loss[0], recorder.train_loss
 
 
-@pytest.mark.long
+@pytest.mark.slow  # a whole run: make test-slow; trainer=debug's default run stays in make test
 def test_debug_profiler_writes_time_per_hook_to_the_run_log(compose_train):
     limits = ["trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]
     cfg = compose_train("debug=profiler", *SMALL, *limits)
