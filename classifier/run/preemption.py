@@ -72,7 +72,7 @@ class Preemption:
 
     def requeue(self) -> str:
         """Requeue the job; returns what was done, for the log."""
-        previous = self.previous.get(self.signum) if self.signum is not None else None
+        previous = self.previous.get(self.signum)
         if callable(previous):  # submitit's handler: it requeues the job and exits
             log.info("handing %s to the handler that was there before training (submitit's)", self.name)
             previous(self.signum, None)

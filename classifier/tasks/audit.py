@@ -360,8 +360,9 @@ def audit(cfg: DictConfig) -> dict[str, float]:
         if settings["min_cosine"] is not None and settings["method"] == "probe":
             clock = time.perf_counter()
             found = feature_duplicates(data.refs, features.numpy(), settings["min_cosine"])
-            _warn_if_class_clusters(len(merged_pairs(pairs, found)) - len(pairs), len(data.refs), settings)
-            pairs = merged_pairs(pairs, found)
+            merged = merged_pairs(pairs, found)
+            _warn_if_class_clusters(len(merged) - len(pairs), len(data.refs), settings)
+            pairs = merged
             seconds["feature_pairs"] = time.perf_counter() - clock
         out = cross_validated_probabilities(
             features,
