@@ -68,8 +68,11 @@ test-trackers: $(DEV_STAMP)  ## the trackers' tests: a real MLflow server, its U
 # job, the `hydra/launcher=slurm trainer=slurm` sweep, a requeued job, one DDP job of two tasks and a
 # failing job (docs/cluster.md). As root it installs slurm-wlm and
 # munge with apt-get when missing; otherwise the tests skip without them. One process: one cluster.
+# A cap well above its ~3 minutes: a job the scheduler loses ends the run (Ctrl-C's summary, the cluster
+# stopped) rather than CI's time.
+SLURM_TEST_LIMIT_S ?= 900
 test-slurm: $(DEV_STAMP)  ## the SLURM tests: a one-machine cluster it starts and stops; a sweep, a requeue, DDP through sbatch
-	$(BIN)/python -m pytest -p no:xdist -m slurm $(ARGS)
+	timeout --signal=INT --kill-after=60 $(SLURM_TEST_LIMIT_S) $(BIN)/python -m pytest -p no:xdist -m slurm $(ARGS)
 
 test-all: $(DEV_STAMP)  ## every test but the SLURM ones: make test, test-slow and test-trackers in one pytest run
 	$(BIN)/python -m pytest -n $(PYTEST_PROCESSES) -m "not slurm" $(ARGS)

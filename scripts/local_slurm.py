@@ -37,6 +37,7 @@ CLIENTS = ("sbatch", "squeue", "sinfo", "scontrol", "scancel")
 PACKAGES = ("slurm-wlm", "munge")
 PIDS = "pids.json"
 READY_TIMEOUT_S = 60.0
+CRED_EXPIRE_S = 20  # job credentials' lifetime; a requeued job starts again this long after
 # Processes started here that this process can reap (stop() waits on them; others are polled).
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -129,8 +130,10 @@ def write_configs(folder: Path) -> Path:
         "SlurmdUser=root",
         "AuthType=auth/munge",
         "CredType=cred/munge",
-        # the munged started here, not the machine's /run/munge one (auth/munge and cred/munge read it)
-        f"AuthInfo=socket={folder / 'munge' / 'munge.socket'}",
+        # the munged started here, not the machine's /run/munge one (auth/munge and cred/munge read it);
+        # a requeued job waits cred_expire+1 s before it starts again (a start within the second of
+        # the requeue is refused, 'Job credential revoked'): 20 s rather than the default 120
+        f"AuthInfo=socket={folder / 'munge' / 'munge.socket'},cred_expire={CRED_EXPIRE_S}",
         f"StateSaveLocation={folder / 'state'}",
         f"SlurmdSpoolDir={folder / 'spool'}",
         f"SlurmctldPidFile={folder / 'slurmctld.pid'}",

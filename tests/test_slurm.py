@@ -57,10 +57,33 @@ def sweep_command(sweep: Path, *overrides: str) -> list[str]:
 
 def run_sweep(env: dict[str, str], sweep: Path, *overrides: str, timeout: float = 300) -> tuple[int, str]:
     """The sweep command as a user types it, from the repository root; exit status and output."""
-    result = subprocess.run(
-        sweep_command(sweep, *overrides), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    try:
+        result = subprocess.run(
+            sweep_command(sweep, *overrides), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as e:
+        output = (e.stdout or b"").decode(errors="replace")[-3000:]
+        pytest.fail(f"the sweep did not end within {timeout:.0f} s\n{output}\n{cluster_state(env)}")
     return result.returncode, result.stdout + result.stderr
+
+
+def cluster_state(env: dict[str, str]) -> str:
+    """squeue, every job's record and the end of slurmctld's log: what a failure shows of the cluster."""
+    parts = []
+    for command in (["squeue"], ["scontrol", "show", "job", "--oneliner"]):
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+        parts.append(f"$ {' '.join(command)}\n{result.stdout}{result.stderr}")
+    log = Path(env["SLURM_CONF"]).parent / "slurmctld.log"
+    if log.exists():
+        parts.append("slurmctld.log:\n" + "\n".join(log.read_text().splitlines()[-30:]))
+    return "\n".join(parts)
+
+
+@pytest.fixture(autouse=True)
+def no_job_outlives_its_test(slurm_cluster):
+    """A test that failed may leave jobs queued or running; they would take the next test's CPUs."""
+    yield
+    subprocess.run(["scancel", f"--user={os.getuid()}"], env=slurm_cluster, capture_output=True, timeout=30)
 
 
 def slurm(env: dict[str, str], *command: str) -> str:
@@ -171,16 +194,16 @@ class PauseForPreemption(L.Callback):
             time.sleep(0.05)
 
 
-def release_when_requeued(env: dict[str, str], job_id: str, seconds: float = 120) -> None:
-    """Once the job is back in the queue, lets it start now: SLURM holds a requeued batch job for
-    about two minutes (its BeginTime) before it is eligible again."""
+def wait_until_requeued(env: dict[str, str], job_id: str, seconds: float = 120) -> dict[str, str]:
+    """The job's record once it is back in the queue. SLURM holds a requeued job for the job
+    credentials' lifetime (scripts/local_slurm.py sets 20 s; 120 s by default) and then starts it:
+    a start within the second of the requeue would be refused ('Job credential revoked')."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         (record,) = show_job(env, job_id)
         if record["JobState"] == "PENDING" and record["Restarts"] == "1":
             print(f"requeued: {record['JobState']} ({record['Reason']}), eligible {record['EligibleTime']}")
-            slurm(env, "scontrol", "update", f"JobId={job_id}", "StartTime=now")
-            return
+            return record
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} was not requeued: {record}")
 
@@ -217,16 +240,20 @@ def test_a_preempted_job_is_requeued_resumes_and_ends_as_an_uninterrupted_one(sl
     with subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as launcher:
-        wait_for_file(flag, launcher)
-        job_id = flag.read_text()
-        array_id = job_id.split("_")[0]
-        # the signal submitit asked SLURM to send before the time limit (--signal=USR2@120)
-        script = (sweep / ".submitit" / array_id / f"{array_id}_submission.sh").read_text()
-        signal_name = re.search(r"^#SBATCH --signal=(\w+)@\d+$", script, re.MULTILINE).group(1)
-        print(slurm(slurm_cluster, "squeue"))
-        slurm(slurm_cluster, "scancel", f"--signal={signal_name}", job_id)
-        release_when_requeued(slurm_cluster, job_id)
-        output, _ = launcher.communicate(timeout=400)
+        try:
+            wait_for_file(flag, launcher)
+            job_id = flag.read_text()
+            array_id = job_id.split("_")[0]
+            # the signal submitit asked SLURM to send before the time limit (--signal=USR2@120)
+            script = (sweep / ".submitit" / array_id / f"{array_id}_submission.sh").read_text()
+            signal_name = re.search(r"^#SBATCH --signal=(\w+)@\d+$", script, re.MULTILINE).group(1)
+            print(slurm(slurm_cluster, "squeue"))
+            slurm(slurm_cluster, "scancel", f"--signal={signal_name}", job_id)
+            wait_until_requeued(slurm_cluster, job_id)
+            output, _ = launcher.communicate(timeout=400)
+        except (AssertionError, subprocess.TimeoutExpired) as e:
+            launcher.kill()  # submitit would wait for ever on a job that ended without its result file
+            raise AssertionError(f"{e}\n{cluster_state(slurm_cluster)}") from e
     assert launcher.returncode == 0, output[-4000:]
 
     (record,) = show_job(slurm_cluster, job_id)
