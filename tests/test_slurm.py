@@ -59,7 +59,12 @@ def run_sweep(env: dict[str, str], sweep: Path, *overrides: str, timeout: float 
     """The sweep command as a user types it, from the repository root; exit status and output."""
     try:
         result = subprocess.run(
-            sweep_command(sweep, *overrides), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+            sweep_command(sweep, *overrides),
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired as e:
         output = (e.stdout or b"").decode(errors="replace")[-3000:]
