@@ -112,6 +112,7 @@ def wait_until_left_the_queue(env: dict[str, str], job_id: str, timeout: float =
 
 def test_the_cluster_is_up_and_runs_a_batch_job(slurm_cluster, tmp_path):
     host = socket.gethostname().split(".")[0]
+    print(f"\n{slurm(slurm_cluster, 'sinfo')}")
     assert slurm(slurm_cluster, "sinfo", "--noheader", "-o", "%P %a %D %T %N").split() == [
         "debug*",
         "up",
@@ -177,6 +178,8 @@ def test_the_readme_slurm_sweep_runs_each_job_through_the_scheduler(slurm_cluste
         pids.add(json.loads((sweep / job / "job.json").read_text())["pid"])
     assert len(pids) == 2 and os.getpid() not in pids
     markdown = (sweep / "summary.md").read_text()
+    print(f"run dirs: {sorted(str(p) for p in sweep.iterdir() if p.name.isdigit())}")
+    print("\n".join(line[:200] for line in markdown.splitlines() if line.startswith(("|", "2 jobs"))))
     assert "2 jobs, 0 not completed; sorted by val/top1" in markdown
     table = [line.split("|")[1:3] for line in markdown.splitlines() if re.match(r"\| [01] \|", line)]
     assert sorted((job.strip(), seed.strip()) for job, seed in table) == [("0", "1"), ("1", "2")]
@@ -274,6 +277,10 @@ def test_a_preempted_job_is_requeued_resumes_and_ends_as_an_uninterrupted_one(sl
     assert preempted.keys() == whole.keys()
     for key, value in whole.items():
         assert preempted[key] == pytest.approx(value, abs=1e-6), key
+    print(
+        "preempted vs uninterrupted:",
+        {k: (preempted[k], whole[k]) for k in ("val/top1", "test/top1", "test/nll")},
+    )
     for name in ("last.ckpt", "best.ckpt"):
         ours, theirs = (
             torch.load(sweep / job / "checkpoints" / name, weights_only=True) for job in ("0", "1")
@@ -328,6 +335,7 @@ def test_one_job_of_two_tasks_is_one_ddp_run_that_counts_every_image_once(slurm_
     recomputed = recomputed_metrics(run_dir / "checkpoints" / "best.ckpt")  # whole splits, one process
     for key, value in recomputed.items():
         assert metrics[key] == pytest.approx(value, abs=1e-5), key
+    print("2-task job vs one process:", {k: (metrics[k], recomputed[k]) for k in sorted(recomputed)})
     assert "split: test (360 images)" in (run_dir / "report.txt").read_text()
 
 
