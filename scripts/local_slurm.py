@@ -322,15 +322,15 @@ def _alive(pid: int, name: str) -> bool:
     """Whether `pid` is a running (not zombie) process of the program `name`: a pid of an earlier run
     that the system gave to something else since is not ours to signal."""
     child = _children.get(pid)
-    if child is not None and child.poll() is not None:
-        return False
+    if child is not None:  # started here: its exit status says; /proc may still show the name before exec
+        return child.poll() is None
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
     except OSError:
         return False
-    state = stat.rsplit(")", 1)[-1].split()[0]
-    return state not in ("Z", "X") and os.path.basename(command) == name
+    # "pid (comm) state ...": comm is the program's name (cmdline can be empty for a moment after exec)
+    program, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rsplit(")", 1)[-1].split()[0]
+    return state not in ("Z", "X") and program == name[:15]
 
 
 def stop(folder: str | os.PathLike[str], cancel_jobs: bool = True, timeout: float = 15.0) -> None:
