@@ -67,7 +67,8 @@ def run_sweep(env: dict[str, str], sweep: Path, *overrides: str, timeout: float 
             timeout=timeout,
         )
     except subprocess.TimeoutExpired as e:
-        output = (e.stdout or b"").decode(errors="replace")[-3000:]
+        output = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout or ""
+        output = output[-3000:]
         pytest.fail(f"the sweep did not end within {timeout:.0f} s\n{output}\n{cluster_state(env)}")
     return result.returncode, result.stdout + result.stderr
 
@@ -202,8 +203,8 @@ class PauseForPreemption(L.Callback):
             time.sleep(0.05)
 
 
-def wait_until_requeued(env: dict[str, str], job_id: str, seconds: float = 120) -> dict[str, str]:
-    """The job's record once it is back in the queue. SLURM holds a requeued job for the job
+def wait_until_requeued(env: dict[str, str], job_id: str, seconds: float = 120) -> None:
+    """Waits until the job is back in the queue. SLURM holds a requeued job for the job
     credentials' lifetime (scripts/local_slurm.py sets 20 s; 120 s by default) and then starts it:
     a start within the second of the requeue would be refused ('Job credential revoked')."""
     deadline = time.monotonic() + seconds
@@ -211,7 +212,7 @@ def wait_until_requeued(env: dict[str, str], job_id: str, seconds: float = 120) 
         (record,) = show_job(env, job_id)
         if record["JobState"] == "PENDING" and record["Restarts"] == "1":
             print(f"requeued: {record['JobState']} ({record['Reason']}), eligible {record['EligibleTime']}")
-            return record
+            return
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} was not requeued: {record}")
 
