@@ -105,6 +105,8 @@ def show_job(env: dict[str, str], job_id: str) -> list[dict[str, str]]:
 
 
 def wait_until_left_the_queue(env: dict[str, str], job_id: str, timeout: float = 60) -> None:
+    """A sweep's launcher returns once a job has written its result, a moment before the job's
+    process exits and SLURM records it COMPLETED."""
     deadline = time.monotonic() + timeout
     while slurm(env, "squeue", "--noheader", "--jobs", job_id).strip():
         assert time.monotonic() < deadline, slurm(env, "squeue")
@@ -148,6 +150,7 @@ def test_the_readme_slurm_sweep_runs_each_job_through_the_scheduler(slurm_cluste
     assert len(tasks) == 2, tasks
     array_id = tasks[0].split("_")[0]
     assert array_id.isdigit() and tasks == [f"{array_id}_0", f"{array_id}_1"]
+    wait_until_left_the_queue(slurm_cluster, array_id)
     records = {record["ArrayTaskId"]: record for record in show_job(slurm_cluster, array_id)}
     assert sorted(records) == ["0", "1"]
     host = socket.gethostname().split(".")[0]
@@ -265,6 +268,7 @@ def test_a_preempted_job_is_requeued_resumes_and_ends_as_an_uninterrupted_one(sl
             raise AssertionError(f"{e}\n{cluster_state(slurm_cluster)}") from e
     assert launcher.returncode == 0, output[-4000:]
 
+    wait_until_left_the_queue(slurm_cluster, job_id)
     (record,) = show_job(slurm_cluster, job_id)
     assert (record["JobState"], record["Restarts"]) == ("COMPLETED", "1")
     task_logs = "".join(p.read_text() for p in (sweep / ".submitit" / job_id).glob("*_log.*"))
@@ -314,6 +318,7 @@ def test_one_job_of_two_tasks_is_one_ddp_run_that_counts_every_image_once(slurm_
     )
     assert status == 0, output[-4000:]
     (task,) = [p for p in (sweep / ".submitit").iterdir() if p.name.isdigit()]  # one job: no array
+    wait_until_left_the_queue(slurm_cluster, task.name)
     (record,) = show_job(slurm_cluster, task.name)
     assert (record["JobState"], record["NumTasks"]) == ("COMPLETED", "2")
     rank_logs = sorted(p.name for p in task.glob("*_log.out"))
