@@ -25,7 +25,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, recomputed_metrics
+from conftest import REPO, local_slurm, recomputed_metrics
 from test_sweeps import TINY_JOB as FEW_BATCHES
 
 pytestmark = [pytest.mark.process, pytest.mark.slurm]
@@ -79,9 +79,7 @@ def cluster_state(env: dict[str, str]) -> str:
     for command in (["squeue"], ["scontrol", "show", "job", "--oneliner"]):
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
         parts.append(f"$ {' '.join(command)}\n{result.stdout}{result.stderr}")
-    log = Path(env["SLURM_CONF"]).parent / "slurmctld.log"
-    if log.exists():
-        parts.append("slurmctld.log:\n" + "\n".join(log.read_text().splitlines()[-30:]))
+    parts.append(local_slurm()._tail(Path(env["SLURM_CONF"]).parent / "slurmctld.log", lines=30))
     return "\n".join(parts)
 
 
